@@ -1,0 +1,34 @@
+# make demo: set up .venv and run the main job on the bundled example.
+# make test: set up .venv with the dev extras and run the test suite (what CI runs).
+# torch is installed first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python benchmarks/loader_vs_torch.py --quick
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+test: $(VENV)/.installed lint
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/loader_vs_torch.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

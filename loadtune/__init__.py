@@ -1,0 +1,39 @@
+"""loadtune: why is this PyTorch input pipeline slow, and what makes it faster.
+
+The public API is what ``__all__`` lists. Heavy libraries (optuna, matplotlib, py-spy)
+are imported only inside the functions that use them, so ``import loadtune`` stays fast.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ConfigError,
+    DataCorruptionError,
+    DataFormatError,
+    DataLoadingError,
+    DataNotFoundError,
+    LoaderTimeoutError,
+    LoadtuneError,
+    ResultFormatError,
+    TargetError,
+    UsageError,
+    WorkerCrashError,
+)
+from .loader import DataLoader
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataCorruptionError",
+    "DataFormatError",
+    "DataLoader",
+    "DataLoadingError",
+    "DataNotFoundError",
+    "LoaderTimeoutError",
+    "LoadtuneError",
+    "ResultFormatError",
+    "TargetError",
+    "UsageError",
+    "WorkerCrashError",
+]

@@ -1,0 +1,633 @@
+"""The main-process side: dispatch tasks, receive and reorder batches, record events, shut down.
+
+# NOTE [ Loader shutdown ]
+Nothing may outlive the loader: no worker process and no shared memory.
+
+* Blocks are anonymous memory files (NOTE [ Shared-memory block lifetime ] in _shm.py):
+  the kernel frees them with the last mapping, so they cannot leak whatever dies first.
+* Workers are daemonic and are stopped by ``_shutdown``: a ``None`` task asks each to
+  return, then ``join`` with a deadline, then SIGTERM, then SIGKILL. ``_shutdown`` runs
+  when a non-persistent epoch ends, when an iterator is garbage collected (``break``, an
+  exception in the user's loop, ``del loader``), on a worker crash, and at interpreter
+  exit for every iterator still alive (persistent workers).
+* A worker whose main process dies without any of that (SIGKILL) sees its parent change
+  within ``_PARENT_POLL_S`` seconds and returns (see _worker.worker_loop).
+* SIGINT is ignored in workers: Ctrl-C is the main process's to handle, and a worker
+  must not die of it while the main process decides to go on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import math
+import multiprocessing as mp
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections import deque
+from typing import Any
+
+import torch
+
+from probes.events import BatchEvent, EventLog
+
+from ..errors import DataLoadingError, LoaderTimeoutError, WorkerCrashError
+from . import _worker as W
+from ._fetch import make_fetcher
+from ._shm import MAX_BLOCKS, BlockMaps, unpack
+
+__all__ = ["MultiProcessIter", "SingleProcessIter"]
+
+_POLL_S = 1.0
+_JOIN_S = 2.0
+_BALANCED_DEPTH = 2
+
+_live: weakref.WeakSet = weakref.WeakSet()
+_atexit_registered = False
+_atexit_lock = threading.Lock()
+
+
+def _shutdown_all_at_exit() -> None:
+    for it in list(_live):
+        it._shutdown()
+
+
+def _register(it: MultiProcessIter) -> None:
+    global _atexit_registered
+    with _atexit_lock:
+        _live.add(it)
+        if not _atexit_registered:
+            atexit.register(_shutdown_all_at_exit)
+            _atexit_registered = True
+
+
+def _accelerator() -> str | None:
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None:
+        if not acc.is_available():
+            return None
+        current = acc.current_accelerator()
+        return current.type if current is not None else None
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def pin(data: Any, device: str | None = None) -> Any:
+    """Copy every tensor of a batch into page-locked memory, keeping the structure."""
+    if isinstance(data, torch.Tensor):
+        return data.pin_memory(device) if device else data.pin_memory()
+    if isinstance(data, (str, bytes)):
+        return data
+    if isinstance(data, dict):
+        try:
+            out = type(data)({k: pin(v, device) for k, v in data.items()})
+        except TypeError:
+            return {k: pin(v, device) for k, v in data.items()}
+        return out
+    if isinstance(data, tuple) and hasattr(data, "_fields"):
+        return type(data)(*(pin(v, device) for v in data))
+    if isinstance(data, tuple):
+        return tuple(pin(v, device) for v in data)
+    if isinstance(data, list):
+        return [pin(v, device) for v in data]
+    if hasattr(data, "pin_memory"):
+        return data.pin_memory()
+    return data
+
+
+class _BaseIter:
+    """State shared by both iterators, set up in torch's order (see NOTE [ Seed scheme ])."""
+
+    def __init__(self, loader: Any) -> None:
+        self._dataset = loader.dataset
+        self._iterable = loader._dataset_kind == 1
+        self._len_called = loader._IterableDataset_len_called
+        self._auto_collation = loader._auto_collation
+        self._drop_last = loader.drop_last
+        self._index_sampler = loader._index_sampler
+        self._num_workers = loader.num_workers
+        if loader.pin_memory and loader.pin_memory_device:
+            warnings.warn(
+                "pin_memory_device is deprecated, the current accelerator will be used as the "
+                f"device,ignore pin_memory_device='{loader.pin_memory_device}'.",
+                stacklevel=3,
+            )
+        device = _accelerator()
+        if loader.pin_memory and device is None:
+            warnings.warn(
+                "'pin_memory' argument is set as true but no accelerator is found, "
+                "then device pinned memory won't be used.",
+                stacklevel=3,
+            )
+        self._pin_device = device if loader.pin_memory and device not in (None, "mps") else None
+        if loader.pin_memory and device == "mps":
+            warnings.warn(
+                "'pin_memory' argument is set as true but not supported on MPS now, "
+                "device pinned memory won't be used.",
+                stacklevel=3,
+            )
+        self._timeout = loader.timeout
+        self._collate_fn = loader.collate_fn
+        self._sampler_iter = iter(self._index_sampler)
+        self._base_seed = int(
+            torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()
+        )
+        self._persistent = loader.persistent_workers
+        self._num_yielded = 0
+        self._events: EventLog = loader.events
+        self._epoch = loader._next_epoch()
+
+    def __iter__(self) -> _BaseIter:
+        return self
+
+    def __len__(self) -> int:
+        return len(self._index_sampler)
+
+    def __getstate__(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} cannot be pickled")
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        self._sampler_iter = iter(self._index_sampler)
+        self._num_yielded = 0
+        self._len_called = loader._IterableDataset_len_called
+        if not first_iter:
+            self._epoch = loader._next_epoch()
+
+    def _count_yield(self) -> None:
+        self._num_yielded += 1
+        if self._iterable and self._len_called is not None and self._num_yielded > self._len_called:
+            msg = (
+                f"Length of IterableDataset {self._dataset} was reported to be "
+                f"{self._len_called}(when accessing len(dataloader)), but {self._num_yielded} "
+                "samples have been fetched. "
+            )
+            if self._num_workers > 0:
+                msg += (
+                    "For multiprocessing data-loading, this could be caused by not properly "
+                    "configuring the IterableDataset replica at each worker. Please see "
+                    "https://pytorch.org/docs/stable/data.html#torch.utils.data.IterableDataset "
+                    "for examples."
+                )
+            warnings.warn(msg, stacklevel=3)
+
+
+class SingleProcessIter(_BaseIter):
+    """``num_workers=0``: fetch in the calling thread, still recording events."""
+
+    def __init__(self, loader: Any) -> None:
+        super().__init__(loader)
+        self._fetcher = make_fetcher(
+            self._iterable, self._dataset, self._auto_collation, self._collate_fn, self._drop_last
+        )
+        self._batch = 0
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        super()._reset(loader, first_iter)
+        self._batch = 0
+
+    def __next__(self) -> Any:
+        start = time.monotonic()
+        index = next(self._sampler_iter)
+        data, count = self._fetcher.fetch(index)
+        collate_end = time.monotonic()
+        if self._pin_device is not None:
+            data = pin(data, self._pin_device)
+        taken = time.monotonic()
+        self._events.append(
+            BatchEvent(
+                epoch=self._epoch,
+                batch=self._batch,
+                worker_id=-1,
+                pid=os.getpid(),
+                dispatch=start,
+                fetch_start=start,
+                fetch_end=self._fetcher.fetch_end,
+                collate_end=collate_end,
+                sent=collate_end,
+                ready=taken,
+                taken=taken,
+                wait=taken - start,
+                nbytes=0,
+                samples=count,
+                pack=0.0,
+                unpack=0.0,
+            )
+        )
+        self._batch += 1
+        self._count_yield()
+        return data
+
+
+class _Worker:
+    """The main process's handle on one worker process."""
+
+    __slots__ = ("active", "id", "outstanding", "pid", "process", "results", "states", "tasks")
+
+    def __init__(self, worker_id: int, process: Any, tasks: Any, results: Any, states: Any):
+        self.id = worker_id
+        self.process = process
+        self.pid: int = process.pid
+        self.tasks = tasks
+        self.results = results
+        self.states = states
+        self.active = True  # takes tasks this epoch (False once its iterable stream ended)
+        self.outstanding: dict[int, Any] = {}  # seq -> indices sent and not yet answered
+
+
+class _Item:
+    """A received answer to one task, waiting to be handed out in order."""
+
+    __slots__ = ("data", "error", "header", "ready", "unpack", "worker")
+
+    def __init__(
+        self, worker: _Worker, header: tuple, data: Any, error: Any, ready: float, unpack: float
+    ):
+        self.worker = worker
+        self.header = header
+        self.data = data
+        self.error = error
+        self.ready = ready
+        self.unpack = unpack
+
+
+class MultiProcessIter(_BaseIter):
+    """Worker processes, per-worker pipes, a prefetch window of prefetch_factor x num_workers."""
+
+    def __init__(self, loader: Any) -> None:
+        super().__init__(loader)
+        self._prefetch = loader.prefetch_factor
+        self._in_order = loader.in_order
+        self._balanced = loader.dispatch == "balanced"
+        ctx = loader.multiprocessing_context
+        self._ctx = ctx if ctx is not None else mp.get_context()
+        self._worker_init_fn = loader.worker_init_fn
+        self._maps = BlockMaps()
+        self._workers: list[_Worker] = []
+        self._shut = False
+        self._poller: select.poll | None = None
+        self._poll_keys: dict[int, tuple[str, _Worker]] = {}
+        self._poll_version = -1
+        self._workers_version = 0
+        _register(self)
+        try:
+            for worker_id in range(self._num_workers):
+                self._workers.append(self._start_worker(worker_id))
+        except BaseException:
+            self._shutdown()
+            raise
+        self._reset(loader, first_iter=True)
+
+    # ------------------------------------------------------------------ workers
+
+    def _start_worker(self, worker_id: int) -> _Worker:
+        ctx = self._ctx
+        tasks_r, tasks_w = ctx.Pipe(duplex=False)
+        results_r, results_w = ctx.Pipe(duplex=False)
+        states = ctx.RawArray("b", MAX_BLOCKS)
+        spec = W.WorkerSpec(
+            worker_id=worker_id,
+            num_workers=self._num_workers,
+            iterable=self._iterable,
+            dataset=self._dataset,
+            auto_collation=self._auto_collation,
+            collate_fn=self._collate_fn,
+            drop_last=self._drop_last,
+            base_seed=self._base_seed,
+            worker_init_fn=self._worker_init_fn,
+            per_batch_seed=self._balanced,
+            keep_blocks=self._prefetch + 2,
+        )
+        process = ctx.Process(
+            target=W.worker_loop,
+            args=(spec, tasks_r, results_w, states),
+            name=f"loadtune-worker-{worker_id}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        finally:
+            tasks_r.close()
+            results_w.close()
+        self._workers_version += 1
+        return _Worker(worker_id, process, tasks_w, results_r, states)
+
+    # ------------------------------------------------------------------ epochs
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        super()._reset(loader, first_iter)
+        self._sent = 0  # next sequence number to dispatch
+        self._rcvd = 0  # next sequence number to hand out (in order)
+        self._window = 0  # dispatched and not yet handed out or dropped
+        self._ready: dict[int, _Item] = {}
+        self._arrivals: deque[int] = deque()
+        self._dropped: set[int] = set()
+        self._dispatched_at: dict[int, float] = {}
+        self._rr = 0
+        self._sampler_done = False
+        for worker in self._workers:
+            worker.active = True
+        if not first_iter:
+            for worker in self._workers:
+                self._send(worker, (W.RESET, self._epoch))
+            for worker in self._workers:
+                self._drain_until_ack(worker)
+        self._fill()
+
+    def _drain_until_ack(self, worker: _Worker) -> None:
+        """Discard what a persistent worker still sends from the last epoch, up to its ack."""
+        while True:
+            if worker.results.poll(_POLL_S):
+                header, _ = self._recv_raw(worker)
+                if header[0] == W.RESET_ACK:
+                    worker.outstanding.clear()
+                    return
+                if header[0] == W.BATCH:
+                    self._maps.update(worker.pid, header[3], header[4])
+                    if header[2] >= 0:
+                        worker.states[header[2]] = 0
+            elif not worker.process.is_alive():
+                self._crash(worker)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _choose_worker(self) -> _Worker | None:
+        active = [w for w in self._workers if w.active]
+        if not active:
+            return None
+        if self._balanced:
+            best = min(active, key=lambda w: (len(w.outstanding), w.id))
+            return best if len(best.outstanding) < _BALANCED_DEPTH else None
+        limit = None if self._in_order else (self._prefetch * self._num_workers) // len(active)
+        n = self._num_workers
+        for step in range(n):
+            worker = self._workers[(self._rr + step) % n]
+            if worker.active and (limit is None or len(worker.outstanding) < limit):
+                self._rr = (self._rr + step + 1) % n
+                return worker
+        return None
+
+    def _fill(self) -> None:
+        """Dispatch tasks until the prefetch window is full or the sampler is done."""
+        max_tasks = self._prefetch * self._num_workers
+        while not self._sampler_done and self._window < max_tasks:
+            worker = self._choose_worker()
+            if worker is None:
+                return
+            try:
+                index = next(self._sampler_iter)
+            except StopIteration:
+                self._sampler_done = True
+                return
+            seq = self._sent
+            self._sent += 1
+            self._window += 1
+            worker.outstanding[seq] = index
+            self._dispatched_at[seq] = time.monotonic()
+            self._send(worker, (W.TASK, seq, self._epoch, index))
+
+    def _send(self, worker: _Worker, msg: Any) -> None:
+        try:
+            worker.tasks.send(msg)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self._crash(worker)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _recv_raw(self, worker: _Worker) -> tuple[tuple, io.BytesIO]:
+        """One message from a worker: its header, and the file positioned at the payload."""
+        f = io.BytesIO(worker.results.recv_bytes())
+        return pickle.load(f), f
+
+    def _poll(self, timeout: float) -> list[tuple[str, _Worker]]:
+        if self._poller is None or self._poll_version != self._workers_version:
+            self._poller = select.poll()
+            self._poll_keys = {}
+            for worker in self._workers:
+                if worker.results.closed:
+                    continue
+                for kind, fd in (
+                    ("results", worker.results.fileno()),
+                    ("sentinel", worker.process.sentinel),
+                ):
+                    self._poller.register(fd, select.POLLIN)
+                    self._poll_keys[fd] = (kind, worker)
+            self._poll_version = self._workers_version
+        events = self._poller.poll(timeout * 1000)
+        found = [self._poll_keys[fd] for fd, _ in events if fd in self._poll_keys]
+        # results first: a worker that answered and then exited is not a crash
+        return sorted(found, key=lambda kw: kw[0] != "results")
+
+    def _pump(self, timeout: float) -> bool:
+        """Receive whatever is there within ``timeout`` seconds; True if anything came."""
+        got = False
+        for kind, worker in self._poll(timeout):
+            if kind == "results":
+                if worker.results.poll(0):
+                    self._receive(worker)
+                    got = True
+            elif worker.active or worker.outstanding:
+                while worker.results.poll(0):  # what it sent before dying still counts
+                    self._receive(worker)
+                    got = True
+                if worker.outstanding or (worker.active and not self._sampler_done):
+                    self._crash(worker)
+        return got
+
+    def _receive(self, worker: _Worker) -> None:
+        start = time.monotonic()
+        header, f = self._recv_raw(worker)
+        kind, seq = header[0], header[1]
+        if kind == W.BATCH:
+            block_id = header[2]
+            self._maps.update(worker.pid, header[3], header[4])
+            mapping = self._maps.get(worker.pid, block_id) if block_id >= 0 else None
+            data = unpack(f, mapping, worker.states, block_id)
+            if self._pin_device is not None:
+                data = pin(data, self._pin_device)
+            error = None
+        elif kind == W.ERROR:
+            data, error = None, header[2]
+        elif kind == W.STOP:
+            self._stream_ended(worker, seq)
+            return
+        else:  # a late reset ack cannot happen outside _drain_until_ack
+            raise DataLoadingError(f"unexpected message {kind!r} from worker {worker.id}")
+        worker.outstanding.pop(seq, None)
+        ready = time.monotonic()
+        self._ready[seq] = _Item(worker, header, data, error, ready, ready - start)
+        self._arrivals.append(seq)
+        if self._balanced:
+            self._fill()  # the worker that answered may take the next task now
+
+    def _stream_ended(self, worker: _Worker, seq: int) -> None:
+        """An iterable worker's stream is over: its pending tasks will never be answered."""
+        worker.active = False
+        for pending in worker.outstanding:
+            self._dropped.add(pending)
+            self._dispatched_at.pop(pending, None)
+            self._window -= 1
+        worker.outstanding.clear()
+        if not self._persistent:
+            self._send(worker, None)
+        self._fill()
+
+    # ------------------------------------------------------------------ handing out
+
+    def __next__(self) -> Any:
+        start = time.monotonic()
+        item, seq = self._next_item(start)
+        taken = time.monotonic()
+        self._window -= 1
+        self._fill()
+        if item.error is not None:
+            self._raise(item.error)
+        h = item.header
+        self._events.append(
+            BatchEvent(
+                epoch=self._epoch,
+                batch=seq,
+                worker_id=item.worker.id,
+                pid=item.worker.pid,
+                dispatch=self._dispatched_at.pop(seq, h[5]),
+                fetch_start=h[5],
+                fetch_end=h[6],
+                collate_end=h[7],
+                sent=h[8],
+                ready=item.ready,
+                taken=taken,
+                wait=taken - start,
+                nbytes=h[9],
+                samples=h[10],
+                pack=h[8] - h[7],
+                unpack=item.unpack,
+            )
+        )
+        self._count_yield()
+        return item.data
+
+    def _next_item(self, start: float) -> tuple[_Item, int]:
+        deadline = start + self._timeout if self._timeout > 0 else math.inf
+        while True:
+            if self._in_order:
+                while self._rcvd in self._dropped:
+                    self._dropped.discard(self._rcvd)
+                    self._rcvd += 1
+                item = self._ready.pop(self._rcvd, None)
+                if item is not None:
+                    seq = self._rcvd
+                    self._rcvd += 1
+                    return item, seq
+            else:
+                while self._arrivals:
+                    seq = self._arrivals.popleft()
+                    item = self._ready.pop(seq, None)
+                    if item is not None:
+                        return item, seq
+            if self._window == 0:
+                self._fill()
+                if self._window == 0:
+                    self._end_epoch()
+            now = time.monotonic()
+            if now >= deadline:
+                self._timed_out()
+            if self._shut:
+                raise StopIteration
+            self._pump(min(_POLL_S, deadline - now))
+
+    def _end_epoch(self) -> None:
+        if not self._persistent:
+            self._shutdown()
+        raise StopIteration
+
+    def _raise(self, info: W.ErrorInfo) -> None:
+        msg = f"Caught {info.type_name} {info.where()}.\nOriginal {info.traceback}"
+        exc_type = info.exc_type
+        if exc_type is KeyError:
+            exc: BaseException = KeyError(msg)
+        else:
+            try:
+                exc = exc_type(msg) if exc_type is not None else None
+            except Exception:
+                exc = None
+            if exc is None:
+                exc = DataLoadingError(
+                    msg, index=info.index, worker_id=info.worker_id, pid=info.pid
+                )
+        raise exc
+
+    def _timed_out(self) -> None:
+        held = [
+            f"worker {w.id} (pid {w.pid}) holds batches {sorted(w.outstanding)}"
+            for w in self._workers
+            if w.outstanding
+        ]
+        detail = ("; " + "; ".join(held)) if held else ""
+        raise LoaderTimeoutError(f"DataLoader timed out after {self._timeout} seconds{detail}")
+
+    def _crash(self, worker: _Worker) -> None:
+        worker.process.join(0.1)
+        code = worker.process.exitcode
+        seqs = sorted(worker.outstanding)
+        indices = [worker.outstanding[s] for s in seqs]
+        err = WorkerCrashError(
+            f"DataLoader worker (pid(s) {worker.pid}) exited unexpectedly: worker {worker.id} "
+            f"{_how(code)} while holding batches {seqs}",
+            worker_id=worker.id,
+            pid=worker.pid,
+            exitcode=code,
+            indices=indices,
+        )
+        self._shutdown()
+        raise err
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _shutdown(self) -> None:
+        """Stop every worker; see NOTE [ Loader shutdown ]. Idempotent."""
+        if self._shut:
+            return
+        self._shut = True
+        workers = self._workers
+        for worker in workers:
+            try:
+                worker.tasks.send(None)
+            except (OSError, ValueError):
+                pass  # already gone: the join below finds it dead
+        deadline = time.monotonic() + _JOIN_S
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(0.5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.tasks.close()
+            worker.results.close()
+            worker.process.close()
+        self._maps.clear()
+        self._poller = None
+        _live.discard(self)
+
+    def __del__(self) -> None:
+        if not sys.is_finalizing():
+            self._shutdown()
+
+
+def _how(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name}"
+    return f"exited with code {exitcode}"

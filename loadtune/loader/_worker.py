@@ -1,0 +1,251 @@
+"""The worker side: the loop that fetches, collates and packs batches, and the seed scheme.
+
+Everything here is top level so that it pickles under ``spawn`` and ``forkserver``.
+The main process talks to each worker over two one-way pipes of its own (tasks in,
+results out): a worker that dies can corrupt only its own pipes, never another's.
+
+# NOTE [ Seed scheme ]
+A worker is seeded exactly as torch seeds it: ``seed = base_seed + worker_id`` for
+``random`` and torch, numpy's legacy global RNG from torch's ``_generate_state(base_seed,
+worker_id)``, and ``get_worker_info().seed == seed``. ``base_seed`` is drawn from the
+loader's generator (or torch's global RNG) when the iterator is made, before the sampler
+draws its own seed, as torch does. With ``dispatch="round_robin"`` (the default) batch k
+goes to worker ``k % num_workers`` as in torch, so random augmentations give the same
+samples as torch's loader. With ``dispatch="balanced"`` a batch goes to whichever worker is
+free, so each batch instead reseeds the three RNGs from ``(base_seed, epoch, batch
+number)``: the samples are then reproducible whatever worker runs them, but they are not
+torch's.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+from torch.utils.data._utils import worker as _torch_worker
+
+from ._fetch import make_fetcher
+from ._shm import WorkerBlocks
+
+__all__ = ["ErrorInfo", "WorkerSpec", "batch_seed", "seed_worker", "worker_loop"]
+
+# Message kinds, worker -> main (first element of the header).
+BATCH, ERROR, STOP, RESET_ACK = 0, 1, 2, 3
+# Task kinds, main -> worker.
+TASK, RESET = 0, 1
+
+_PARENT_POLL_S = 1.0
+_EPOCH_MIX = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything a worker needs, in one picklable value."""
+
+    worker_id: int
+    num_workers: int
+    iterable: bool
+    dataset: Any
+    auto_collation: bool
+    collate_fn: Any
+    drop_last: bool
+    base_seed: int
+    worker_init_fn: Any
+    per_batch_seed: bool
+    keep_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An exception from a worker, with where it happened, ready to cross the pipe."""
+
+    exc_type: type | None
+    type_name: str
+    message: str
+    traceback: str
+    worker_id: int
+    pid: int
+    index: Any
+
+    @classmethod
+    def capture(cls, exc: BaseException, worker_id: int, index: Any) -> ErrorInfo:
+        exc_type: type | None = type(exc)
+        try:
+            pickle.dumps(exc_type)
+        except Exception:
+            exc_type = None
+        return cls(
+            exc_type=exc_type,
+            type_name=type(exc).__name__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            worker_id=worker_id,
+            pid=os.getpid(),
+            index=index,
+        )
+
+    def where(self) -> str:
+        where = f"in DataLoader worker process {self.worker_id} (pid {self.pid})"
+        if self.index is not None:
+            where += f" while loading dataset index {self.index!r}"
+        return where
+
+
+def seed_worker(base_seed: int, worker_id: int) -> int:
+    """Seed ``random``, torch and numpy as torch seeds a worker; return the seed."""
+    seed = base_seed + worker_id
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np = sys.modules.get("numpy")
+    if np is None:
+        try:
+            import numpy as np
+        except ImportError:
+            return seed
+    np.random.seed(_torch_worker._generate_state(base_seed, worker_id))
+    return seed
+
+
+def batch_seed(base_seed: int, epoch: int, batch: int) -> list[int]:
+    """The four 32-bit words that seed one batch under ``dispatch="balanced"``."""
+    mixed = (base_seed + epoch * _EPOCH_MIX) & _MASK64
+    return _torch_worker._generate_state(mixed, batch)
+
+
+def _seed_batch(base_seed: int, epoch: int, batch: int) -> None:
+    words = batch_seed(base_seed, epoch, batch)
+    seed = words[0] | (words[1] << 32)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed(words)
+
+
+def _send(conn: Connection, header: tuple, payload: bytes = b"") -> None:
+    conn.send_bytes(pickle.dumps(header, pickle.HIGHEST_PROTOCOL) + payload)
+
+
+def worker_loop(spec: WorkerSpec, tasks: Connection, results: Connection, states: Any) -> None:
+    """Serve tasks until told to stop or until the main process is gone.
+
+    See NOTE [ Loader shutdown ] in _iterator.py for how this loop ends.
+    """
+    # Ctrl-C goes to the whole process group; the main process decides what to do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    seed = seed_worker(spec.base_seed, spec.worker_id)
+    _torch_worker._worker_info = _torch_worker.WorkerInfo(
+        id=spec.worker_id, num_workers=spec.num_workers, seed=seed, dataset=spec.dataset
+    )
+    parent = os.getppid()
+    init_error: ErrorInfo | None = None
+    fetcher = None
+
+    def new_fetcher() -> Any:
+        return make_fetcher(
+            spec.iterable, spec.dataset, spec.auto_collation, spec.collate_fn, spec.drop_last
+        )
+
+    try:
+        if spec.worker_init_fn is not None:
+            spec.worker_init_fn(spec.worker_id)
+        fetcher = new_fetcher()
+    except Exception as exc:
+        init_error = ErrorInfo.capture(exc, spec.worker_id, None)
+    blocks = WorkerBlocks(states, keep=spec.keep_blocks)
+    ended = False
+    try:
+        while True:
+            if not tasks.poll(_PARENT_POLL_S):
+                if os.getppid() != parent:
+                    return  # the main process is gone
+                continue
+            try:
+                msg = tasks.recv()
+            except EOFError:
+                return
+            if msg is None:
+                return
+            if msg[0] == RESET:
+                ended = False
+                if init_error is None:
+                    try:
+                        fetcher = new_fetcher()
+                    except Exception as exc:
+                        init_error = ErrorInfo.capture(exc, spec.worker_id, None)
+                _send(results, (RESET_ACK, msg[1]))
+                continue
+            _, seq, epoch, index = msg
+            if ended:
+                continue  # the stream is over; the main process knows and skips this task
+            if init_error is not None:
+                _send(results, (ERROR, seq, init_error))
+                continue
+            if spec.per_batch_seed:
+                _seed_batch(spec.base_seed, epoch, seq)
+            ended = _serve(spec, fetcher, blocks, results, seq, index)
+    finally:
+        blocks.close()
+
+
+def _serve(
+    spec: WorkerSpec, fetcher: Any, blocks: WorkerBlocks, results: Connection, seq: int, index: Any
+) -> bool:
+    """Fetch, collate, pack and send one batch. Returns True when the stream has ended."""
+    fetch_start = time.monotonic()
+    arena = blocks.arena()
+    try:
+        batch, count = fetcher.fetch(index, arena)
+    except StopIteration:
+        blocks.release(arena.block)
+        if spec.iterable:
+            _send(results, (STOP, seq))
+            return True
+        _send(results, (ERROR, seq, _capture_stop(spec, fetcher)))
+        return False
+    except Exception as exc:
+        blocks.release(arena.block)
+        _send(results, (ERROR, seq, ErrorInfo.capture(exc, spec.worker_id, fetcher.current_index)))
+        return False
+    collate_end = time.monotonic()
+    try:
+        packed = blocks.pack(batch, arena)
+    except Exception as exc:
+        blocks.release(arena.block)
+        _send(results, (ERROR, seq, ErrorInfo.capture(exc, spec.worker_id, None)))
+        return False
+    del batch
+    sent = time.monotonic()
+    header = (
+        BATCH,
+        seq,
+        packed.block_id,
+        packed.new_blocks,
+        packed.retired,
+        fetch_start,
+        fetcher.fetch_end,
+        collate_end,
+        sent,
+        packed.nbytes,
+        count,
+    )
+    _send(results, header, packed.payload)
+    return False
+
+
+def _capture_stop(spec: WorkerSpec, fetcher: Any) -> ErrorInfo:
+    try:
+        raise StopIteration
+    except StopIteration as exc:
+        return ErrorInfo.capture(exc, spec.worker_id, fetcher.current_index)

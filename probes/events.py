@@ -1,0 +1,142 @@
+"""BatchEvent and EventLog: what the loader records about every batch, always on.
+
+# NOTE [ Event clock ]
+Every timestamp in a BatchEvent is ``time.monotonic()`` read in the process where the
+step happened. On Linux that is CLOCK_MONOTONIC, one clock for the whole machine, so a
+worker's ``fetch_start`` and the main process's ``ready`` are directly comparable and
+their difference is a real duration. Durations are seconds, as floats.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+__all__ = ["BatchEvent", "EventLog"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """One batch's life, from dispatch to the moment the consumer took it.
+
+    Times follow NOTE [ Event clock ]. With ``num_workers=0`` the worker fields describe
+    the main process, ``worker_id`` is -1 and the transport fields are zero.
+
+    Attributes:
+        epoch: The iterator's epoch number (0 for the first ``iter(loader)``).
+        batch: The batch number within the epoch (the order the sampler gave).
+        worker_id: The loader worker that produced it, -1 for the main process.
+        pid: That process's id.
+        dispatch: When the main process sent the task.
+        fetch_start: When the worker started fetching its samples.
+        fetch_end: When the last sample was fetched.
+        collate_end: When collate_fn returned.
+        sent: When the worker finished packing and handed the batch to the pipe.
+        ready: When the main process had the batch unpacked and usable.
+        taken: When ``__next__`` returned it to the consumer.
+        wait: How long the consumer was blocked in ``__next__`` for this batch.
+        nbytes: Tensor bytes carried (shared memory, or the pipe for fallbacks).
+        samples: Number of samples in the batch (1 without automatic batching).
+        pack: Seconds the worker spent putting the batch into shared memory.
+        unpack: Seconds the main process spent turning it back into tensors.
+    """
+
+    epoch: int
+    batch: int
+    worker_id: int
+    pid: int
+    dispatch: float
+    fetch_start: float
+    fetch_end: float
+    collate_end: float
+    sent: float
+    ready: float
+    taken: float
+    wait: float
+    nbytes: int
+    samples: int
+    pack: float
+    unpack: float
+
+    @property
+    def fetch(self) -> float:
+        """Seconds spent fetching samples in the worker."""
+        return self.fetch_end - self.fetch_start
+
+    @property
+    def collate(self) -> float:
+        """Seconds spent in collate_fn."""
+        return self.collate_end - self.fetch_end
+
+    @property
+    def transport(self) -> float:
+        """Seconds from the end of collate until the batch was usable in the main process."""
+        return self.ready - self.collate_end
+
+    def to_dict(self) -> dict:
+        """Plain-data form (JSON-ready)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BatchEvent:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+
+
+class EventLog:
+    """A bounded, append-only record of BatchEvents, readable while it grows.
+
+    The loader appends from the thread that iterates it; readers (the stages probe's
+    sampler thread) call :meth:`since` with the count they have seen. When more than
+    ``capacity`` events were written the oldest are dropped and ``dropped`` says how many.
+
+    Example:
+        >>> log = EventLog(capacity=2)
+        >>> log.total, log.dropped
+        (0, 0)
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._events: deque[BatchEvent] = deque(maxlen=capacity)
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def append(self, event: BatchEvent) -> None:
+        """Record one event."""
+        with self._lock:
+            self._events.append(event)
+            self._total += 1
+
+    @property
+    def total(self) -> int:
+        """Events written since the log was made, dropped ones included."""
+        return self._total
+
+    @property
+    def dropped(self) -> int:
+        """Events no longer held because the log was full."""
+        return self._total - len(self._events)
+
+    def since(self, count: int) -> list[BatchEvent]:
+        """The events written after the first ``count`` (those still held)."""
+        with self._lock:
+            held_from = self._total - len(self._events)
+            skip = max(0, count - held_from)
+            if skip >= len(self._events):
+                return []
+            return list(self._events)[skip:]
+
+    def clear(self) -> None:
+        """Forget every event (the total restarts at zero)."""
+        with self._lock:
+            self._events.clear()
+            self._total = 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __iter__(self) -> Iterator[BatchEvent]:
+        with self._lock:
+            return iter(list(self._events))
