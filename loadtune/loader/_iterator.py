@@ -227,7 +227,17 @@ class SingleProcessIter(_BaseIter):
 class _Worker:
     """The main process's handle on one worker process."""
 
-    __slots__ = ("active", "id", "outstanding", "pid", "process", "results", "states", "tasks")
+    __slots__ = (
+        "active",
+        "id",
+        "outstanding",
+        "pid",
+        "process",
+        "results",
+        "states",
+        "stopping",
+        "tasks",
+    )
 
     def __init__(self, worker_id: int, process: Any, tasks: Any, results: Any, states: Any):
         self.id = worker_id
@@ -238,6 +248,7 @@ class _Worker:
         self.states = states
         self.active = True  # takes tasks this epoch (False once its iterable stream ended)
         self.outstanding: dict[int, Any] = {}  # seq -> indices sent and not yet answered
+        self.stopping = False  # asked to exit: its end is not a crash
 
 
 class _Item:
@@ -409,7 +420,7 @@ class MultiProcessIter(_BaseIter):
             self._poller = select.poll()
             self._poll_keys = {}
             for worker in self._workers:
-                if worker.results.closed:
+                if worker.results.closed or worker.stopping:
                     continue
                 for kind, fd in (
                     ("results", worker.results.fileno()),
@@ -427,16 +438,22 @@ class MultiProcessIter(_BaseIter):
         """Receive whatever is there within ``timeout`` seconds; True if anything came."""
         got = False
         for kind, worker in self._poll(timeout):
-            if kind == "results":
-                if worker.results.poll(0):
-                    self._receive(worker)
-                    got = True
-            elif worker.active or worker.outstanding:
-                while worker.results.poll(0):  # what it sent before dying still counts
-                    self._receive(worker)
-                    got = True
-                if worker.outstanding or (worker.active and not self._sampler_done):
-                    self._crash(worker)
+            if worker.stopping:
+                continue
+            got = self._receive_all(worker) or got
+            if kind == "sentinel" and not worker.stopping:
+                self._crash(worker)
+        return got
+
+    def _receive_all(self, worker: _Worker) -> bool:
+        """Read every message waiting in a worker's pipe (a dying worker's last words count)."""
+        got = False
+        while not worker.results.closed and worker.results.poll(0):
+            try:
+                self._receive(worker)
+            except (EOFError, ConnectionResetError):
+                self._crash(worker)
+            got = True
         return got
 
     def _receive(self, worker: _Worker) -> None:
@@ -445,7 +462,13 @@ class MultiProcessIter(_BaseIter):
         kind, seq = header[0], header[1]
         if kind == W.BATCH:
             block_id = header[2]
-            self._maps.update(worker.pid, header[3], header[4])
+            try:
+                self._maps.update(worker.pid, header[3], header[4])
+            except OSError as exc:
+                worker.process.join(0.5)
+                if worker.process.exitcode is None:
+                    raise DataLoadingError(str(exc), worker_id=worker.id, pid=worker.pid) from exc
+                return  # it died with the block: the batch stays outstanding, like the others
             mapping = self._maps.get(worker.pid, block_id) if block_id >= 0 else None
             data = unpack(f, mapping, worker.states, block_id)
             if self._pin_device is not None:
@@ -474,8 +497,17 @@ class MultiProcessIter(_BaseIter):
             self._window -= 1
         worker.outstanding.clear()
         if not self._persistent:
-            self._send(worker, None)
+            self._stop_worker(worker)
         self._fill()
+
+    def _stop_worker(self, worker: _Worker) -> None:
+        """Ask one worker to exit; it leaves the poll set."""
+        worker.stopping = True
+        self._workers_version += 1
+        try:
+            worker.tasks.send(None)
+        except OSError:
+            pass  # it is gone already, which is what was asked
 
     # ------------------------------------------------------------------ handing out
 
@@ -595,10 +627,8 @@ class MultiProcessIter(_BaseIter):
         self._shut = True
         workers = self._workers
         for worker in workers:
-            try:
-                worker.tasks.send(None)
-            except (OSError, ValueError):
-                pass  # already gone: the join below finds it dead
+            if not worker.stopping:
+                self._stop_worker(worker)
         deadline = time.monotonic() + _JOIN_S
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
