@@ -24,6 +24,7 @@ import math
 import multiprocessing as mp
 import os
 import pickle
+import queue
 import select
 import signal
 import sys
@@ -281,14 +282,17 @@ class MultiProcessIter(_BaseIter):
         self._maps = BlockMaps()
         self._workers: list[_Worker] = []
         self._shut = False
-        self._poller: select.poll | None = None
-        self._poll_keys: dict[int, tuple[str, _Worker]] = {}
-        self._poll_version = -1
-        self._workers_version = 0
+        self._pool = _Pool()
+        self._workers = self._pool.workers
+        self._poller = _Poller()
+        self._receiver: _Receiver | None = None
         _register(self)
         try:
             for worker_id in range(self._num_workers):
                 self._workers.append(self._start_worker(worker_id))
+            if self._pin_device is not None or loader._pin_thread:
+                self._receiver = _Receiver(self._pool, self._maps, self._pin_device)
+                self._receiver.start()
         except BaseException:
             self._shutdown()
             raise
@@ -325,7 +329,7 @@ class MultiProcessIter(_BaseIter):
         finally:
             tasks_r.close()
             results_w.close()
-        self._workers_version += 1
+        self._pool.version += 1
         return _Worker(worker_id, process, tasks_w, results_r, states)
 
     # ------------------------------------------------------------------ epochs
@@ -344,26 +348,16 @@ class MultiProcessIter(_BaseIter):
         for worker in self._workers:
             worker.active = True
         if not first_iter:
-            for worker in self._workers:
+            # Answers still in flight belong to the last epoch: _accept drops them by their
+            # epoch field; the ack says a worker has nothing older left to send.
+            self._acks: set[int] = set()
+            live = [w for w in self._workers if not w.stopping]
+            for worker in live:
+                worker.outstanding.clear()
                 self._send(worker, (W.RESET, self._epoch))
-            for worker in self._workers:
-                self._drain_until_ack(worker)
+            while len(self._acks) < len(live):
+                self._pump(_POLL_S)
         self._fill()
-
-    def _drain_until_ack(self, worker: _Worker) -> None:
-        """Discard what a persistent worker still sends from the last epoch, up to its ack."""
-        while True:
-            if worker.results.poll(_POLL_S):
-                header, _ = self._recv_raw(worker)
-                if header[0] == W.RESET_ACK:
-                    worker.outstanding.clear()
-                    return
-                if header[0] == W.BATCH:
-                    self._maps.update(worker.pid, header[3], header[4])
-                    if header[2] >= 0:
-                        worker.states[header[2]] = 0
-            elif not worker.process.is_alive():
-                self._crash(worker)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -410,80 +404,57 @@ class MultiProcessIter(_BaseIter):
 
     # ------------------------------------------------------------------ receiving
 
-    def _recv_raw(self, worker: _Worker) -> tuple[tuple, io.BytesIO]:
-        """One message from a worker: its header, and the file positioned at the payload."""
-        f = io.BytesIO(worker.results.recv_bytes())
-        return pickle.load(f), f
-
-    def _poll(self, timeout: float) -> list[tuple[str, _Worker]]:
-        if self._poller is None or self._poll_version != self._workers_version:
-            self._poller = select.poll()
-            self._poll_keys = {}
-            for worker in self._workers:
-                if worker.results.closed or worker.stopping:
-                    continue
-                for kind, fd in (
-                    ("results", worker.results.fileno()),
-                    ("sentinel", worker.process.sentinel),
-                ):
-                    self._poller.register(fd, select.POLLIN)
-                    self._poll_keys[fd] = (kind, worker)
-            self._poll_version = self._workers_version
-        events = self._poller.poll(timeout * 1000)
-        found = [self._poll_keys[fd] for fd, _ in events if fd in self._poll_keys]
-        # results first: a worker that answered and then exited is not a crash
-        return sorted(found, key=lambda kw: kw[0] != "results")
-
-    def _pump(self, timeout: float) -> bool:
-        """Receive whatever is there within ``timeout`` seconds; True if anything came."""
-        got = False
-        for kind, worker in self._poll(timeout):
+    def _pump(self, timeout: float) -> None:
+        """Take in whatever arrives within ``timeout`` seconds."""
+        if self._receiver is not None:
+            try:
+                msgs = [self._receiver.queue.get(timeout=timeout)]
+            except queue.Empty:
+                return
+            while not self._receiver.queue.empty():
+                msgs.append(self._receiver.queue.get_nowait())
+            for msg in msgs:
+                self._accept(msg)
+            return
+        for kind, worker in self._poller.poll(self._pool, timeout):
             if worker.stopping:
                 continue
-            got = self._receive_all(worker) or got
+            self._receive_all(worker)
             if kind == "sentinel" and not worker.stopping:
                 self._crash(worker)
-        return got
 
-    def _receive_all(self, worker: _Worker) -> bool:
-        """Read every message waiting in a worker's pipe (a dying worker's last words count)."""
-        got = False
+    def _receive_all(self, worker: _Worker) -> None:
+        """Take every message waiting in a worker's pipe (a dying worker's last words count)."""
         while not worker.results.closed and worker.results.poll(0):
             try:
-                self._receive(worker)
+                msg = _decode(worker, self._maps, self._pin_device)
             except (EOFError, ConnectionResetError):
                 self._crash(worker)
-            got = True
-        return got
+            self._accept(msg)
 
-    def _receive(self, worker: _Worker) -> None:
-        start = time.monotonic()
-        header, f = self._recv_raw(worker)
-        kind, seq = header[0], header[1]
-        if kind == W.BATCH:
-            block_id = header[2]
-            try:
-                self._maps.update(worker.pid, header[3], header[4])
-            except OSError as exc:
-                worker.process.join(0.5)
-                if worker.process.exitcode is None:
-                    raise DataLoadingError(str(exc), worker_id=worker.id, pid=worker.pid) from exc
-                return  # it died with the block: the batch stays outstanding, like the others
-            mapping = self._maps.get(worker.pid, block_id) if block_id >= 0 else None
-            data = unpack(f, mapping, worker.states, block_id)
-            if self._pin_device is not None:
-                data = pin(data, self._pin_device)
-            error = None
-        elif kind == W.ERROR:
-            data, error = None, header[2]
-        elif kind == W.STOP:
-            self._stream_ended(worker, seq)
+    def _accept(self, msg: _Msg) -> None:
+        kind, worker, header = msg.kind, msg.worker, msg.header
+        if kind == _FAILED:
+            self._shutdown()
+            raise msg.data
+        if kind == _DEAD:
+            if not worker.stopping:
+                self._crash(worker)
             return
-        else:  # a late reset ack cannot happen outside _drain_until_ack
-            raise DataLoadingError(f"unexpected message {kind!r} from worker {worker.id}")
+        if kind == _LOST:
+            return  # it died holding the block: the batch stays outstanding
+        if header[2] != self._epoch:
+            return  # a persistent worker's answer to an epoch already over
+        if kind == W.RESET_ACK:
+            self._acks.add(worker.id)
+            return
+        if kind == W.STOP:
+            self._stream_ended(worker, header[1])
+            return
+        seq = header[1]
         worker.outstanding.pop(seq, None)
-        ready = time.monotonic()
-        self._ready[seq] = _Item(worker, header, data, error, ready, ready - start)
+        error = header[3] if kind == W.ERROR else None
+        self._ready[seq] = _Item(worker, header, msg.data, error, msg.ready, msg.ready - msg.start)
         self._arrivals.append(seq)
         if self._balanced:
             self._fill()  # the worker that answered may take the next task now
@@ -503,7 +474,7 @@ class MultiProcessIter(_BaseIter):
     def _stop_worker(self, worker: _Worker) -> None:
         """Ask one worker to exit; it leaves the poll set."""
         worker.stopping = True
-        self._workers_version += 1
+        self._pool.version += 1
         try:
             worker.tasks.send(None)
         except OSError:
@@ -526,17 +497,17 @@ class MultiProcessIter(_BaseIter):
                 batch=seq,
                 worker_id=item.worker.id,
                 pid=item.worker.pid,
-                dispatch=self._dispatched_at.pop(seq, h[5]),
-                fetch_start=h[5],
-                fetch_end=h[6],
-                collate_end=h[7],
-                sent=h[8],
+                dispatch=self._dispatched_at.pop(seq, h[6]),
+                fetch_start=h[6],
+                fetch_end=h[7],
+                collate_end=h[8],
+                sent=h[9],
                 ready=item.ready,
                 taken=taken,
                 wait=taken - start,
-                nbytes=h[9],
-                samples=h[10],
-                pack=h[8] - h[7],
+                nbytes=h[10],
+                samples=h[11],
+                pack=h[9] - h[8],
                 unpack=item.unpack,
             )
         )
@@ -625,6 +596,8 @@ class MultiProcessIter(_BaseIter):
         if self._shut:
             return
         self._shut = True
+        if self._receiver is not None:
+            self._receiver.stop()
         workers = self._workers
         for worker in workers:
             if not worker.stopping:
@@ -643,12 +616,139 @@ class MultiProcessIter(_BaseIter):
             worker.results.close()
             worker.process.close()
         self._maps.clear()
-        self._poller = None
         _live.discard(self)
 
     def __del__(self) -> None:
         if not sys.is_finalizing():
             self._shutdown()
+
+
+_DEAD = -1  # pseudo message kinds made on this side
+_LOST = -2
+_FAILED = -3
+
+
+class _Msg:
+    """One decoded message from a worker (or news of its death)."""
+
+    __slots__ = ("data", "header", "kind", "ready", "start", "worker")
+
+    def __init__(
+        self, kind: int, worker: Any, header: tuple, data: Any, start: float, ready: float
+    ) -> None:
+        self.kind = kind
+        self.worker = worker
+        self.header = header
+        self.data = data
+        self.start = start
+        self.ready = ready
+
+
+class _Pool:
+    """The worker list and a version that changes whenever the set to watch changes."""
+
+    __slots__ = ("version", "workers")
+
+    def __init__(self) -> None:
+        self.workers: list[_Worker] = []
+        self.version = 0
+
+
+class _Poller:
+    """Waits on every watched worker's result pipe and process sentinel."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._keys: dict[int, tuple[str, _Worker]] = {}
+        self._version = -1
+
+    def poll(self, pool: _Pool, timeout: float) -> list[tuple[str, _Worker]]:
+        if self._version != pool.version:
+            self._poll = select.poll()
+            self._keys = {}
+            for worker in pool.workers:
+                if worker.results.closed or worker.stopping:
+                    continue
+                for kind, fd in (
+                    ("results", worker.results.fileno()),
+                    ("sentinel", worker.process.sentinel),
+                ):
+                    self._poll.register(fd, select.POLLIN)
+                    self._keys[fd] = (kind, worker)
+            self._version = pool.version
+        events = self._poll.poll(max(0.0, timeout) * 1000)
+        found = [self._keys[fd] for fd, _ in events if fd in self._keys]
+        # results first: a worker that answered and then exited is not a crash
+        return sorted(found, key=lambda kw: kw[0] != "results")
+
+
+def _decode(worker: _Worker, maps: BlockMaps, pin_device: str | None) -> _Msg:
+    """Read one message from a worker's pipe and rebuild its batch (zero-copy, then pinned)."""
+    start = time.monotonic()
+    f = io.BytesIO(worker.results.recv_bytes())
+    header = pickle.load(f)
+    kind = header[0]
+    data = None
+    if kind == W.BATCH:
+        block_id = header[3]
+        try:
+            maps.update(worker.pid, header[4], header[5])
+        except OSError as exc:
+            worker.process.join(0.5)
+            if worker.process.exitcode is None:
+                raise DataLoadingError(str(exc), worker_id=worker.id, pid=worker.pid) from exc
+            return _Msg(_LOST, worker, header, None, start, start)
+        mapping = maps.get(worker.pid, block_id) if block_id >= 0 else None
+        data = unpack(f, mapping, worker.states, block_id)
+        if pin_device is not None:
+            data = pin(data, pin_device)
+    return _Msg(kind, worker, header, data, start, time.monotonic())
+
+
+class _Receiver(threading.Thread):
+    """The pin-memory thread: receives, rebuilds and pins batches while the consumer works.
+
+    It owns the result pipes and the block mappings while it runs and hands the main
+    thread decoded messages through ``queue``; the main thread keeps all bookkeeping. It
+    holds no reference to the iterator, so dropping the iterator still shuts it down.
+    """
+
+    def __init__(self, pool: _Pool, maps: BlockMaps, pin_device: str | None) -> None:
+        super().__init__(name="loadtune-pin-memory", daemon=True)
+        self.queue: queue.Queue[_Msg] = queue.Queue()
+        self._pool = pool
+        self._maps = maps
+        self._pin_device = pin_device
+        self._done = threading.Event()
+        self._poller = _Poller()
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self.queue.put(_Msg(_FAILED, None, (), exc, 0.0, 0.0))
+
+    def _loop(self) -> None:
+        if self._pin_device == "cuda":
+            torch.cuda.set_device(torch.cuda.current_device())
+        reported: set[int] = set()
+        while not self._done.is_set():
+            for kind, worker in self._poller.poll(self._pool, 0.1):
+                if worker.stopping or worker.pid in reported:
+                    continue
+                while not worker.results.closed and worker.results.poll(0):
+                    try:
+                        self.queue.put(_decode(worker, self._maps, self._pin_device))
+                    except (EOFError, ConnectionResetError):
+                        break
+                if kind == "sentinel" and not worker.stopping:
+                    reported.add(worker.pid)
+                    self.queue.put(_Msg(_DEAD, worker, (), None, 0.0, 0.0))
+
+    def stop(self) -> None:
+        self._done.set()
+        if self is not threading.current_thread():
+            self.join()
 
 
 def _how(exitcode: int | None) -> str:

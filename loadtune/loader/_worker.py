@@ -184,23 +184,29 @@ def worker_loop(spec: WorkerSpec, tasks: Connection, results: Connection, states
                         fetcher = new_fetcher()
                     except Exception as exc:
                         init_error = ErrorInfo.capture(exc, spec.worker_id, None)
-                _send(results, (RESET_ACK, msg[1]))
+                _send(results, (RESET_ACK, -1, msg[1]))
                 continue
             _, seq, epoch, index = msg
             if ended:
                 continue  # the stream is over; the main process knows and skips this task
             if init_error is not None:
-                _send(results, (ERROR, seq, init_error))
+                _send(results, (ERROR, seq, epoch, init_error))
                 continue
             if spec.per_batch_seed:
                 _seed_batch(spec.base_seed, epoch, seq)
-            ended = _serve(spec, fetcher, blocks, results, seq, index)
+            ended = _serve(spec, fetcher, blocks, results, seq, epoch, index)
     finally:
         blocks.close()
 
 
 def _serve(
-    spec: WorkerSpec, fetcher: Any, blocks: WorkerBlocks, results: Connection, seq: int, index: Any
+    spec: WorkerSpec,
+    fetcher: Any,
+    blocks: WorkerBlocks,
+    results: Connection,
+    seq: int,
+    epoch: int,
+    index: Any,
 ) -> bool:
     """Fetch, collate, pack and send one batch. Returns True when the stream has ended."""
     fetch_start = time.monotonic()
@@ -210,26 +216,30 @@ def _serve(
     except StopIteration:
         blocks.release(arena.block)
         if spec.iterable:
-            _send(results, (STOP, seq))
+            _send(results, (STOP, seq, epoch))
             return True
-        _send(results, (ERROR, seq, _capture_stop(spec, fetcher)))
+        _send(results, (ERROR, seq, epoch, _capture_stop(spec, fetcher)))
         return False
     except Exception as exc:
         blocks.release(arena.block)
-        _send(results, (ERROR, seq, ErrorInfo.capture(exc, spec.worker_id, fetcher.current_index)))
+        _send(
+            results,
+            (ERROR, seq, epoch, ErrorInfo.capture(exc, spec.worker_id, fetcher.current_index)),
+        )
         return False
     collate_end = time.monotonic()
     try:
         packed = blocks.pack(batch, arena)
     except Exception as exc:
         blocks.release(arena.block)
-        _send(results, (ERROR, seq, ErrorInfo.capture(exc, spec.worker_id, None)))
+        _send(results, (ERROR, seq, epoch, ErrorInfo.capture(exc, spec.worker_id, None)))
         return False
     del batch
     sent = time.monotonic()
     header = (
         BATCH,
         seq,
+        epoch,
         packed.block_id,
         packed.new_blocks,
         packed.retired,

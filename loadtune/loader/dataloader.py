@@ -96,6 +96,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self.dispatch = dispatch
         self.events = EventLog(event_capacity)
         self._epochs = 0
+        self._pin_thread = False  # tests: run the pin-memory thread without an accelerator
         super().__init__(
             dataset,
             batch_size,
