@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test pytest lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-test: $(VENV)/.installed lint
-	$(BIN)/python -m pytest -q
+# PYTEST_ARGS lets a test of this target point pytest elsewhere. pytest's exit status passes
+# through: a failure is non-zero, and so is "no tests collected" (exit 5).
+PYTEST_ARGS ?= -q
+test: $(VENV)/.installed lint pytest
+
+pytest: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/loader_vs_torch.py

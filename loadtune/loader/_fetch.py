@@ -78,9 +78,14 @@ class MapFetcher(_Fetcher):
                 data = getitems(index)
             else:
                 data = []
-                for i in index:
-                    self.current_index = i
-                    data.append(dataset[i])
+                append = data.append
+                i = None
+                try:
+                    for i in index:
+                        append(dataset[i])
+                except BaseException:
+                    self.current_index = i  # the loop variable names the sample that failed
+                    raise
             count = len(index)
         else:
             self.current_index = index
