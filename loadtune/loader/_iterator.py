@@ -316,7 +316,7 @@ class MultiProcessIter(_BaseIter):
             base_seed=self._base_seed,
             worker_init_fn=self._worker_init_fn,
             per_batch_seed=self._balanced,
-            keep_blocks=self._prefetch + 2,
+            keep_blocks=1,
         )
         process = ctx.Process(
             target=W.worker_loop,

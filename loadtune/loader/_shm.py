@@ -101,23 +101,36 @@ class _NoRoom(Exception):
 
 
 class Arena:
-    """Bump allocator over one block, used by collate to stack straight into shared memory."""
+    """Bump allocator over one block, used by collate to stack straight into shared memory.
 
-    __slots__ = ("block", "cursor")
+    The block is taken from the pool at the first allocation, sized for the larger of the
+    batches seen so far and that first tensor, so even a worker's first batch is collated
+    in place instead of being copied into a block afterwards.
+    """
 
-    def __init__(self, block: _Block | None) -> None:
+    __slots__ = ("_expect", "_pool", "block", "cursor")
+
+    def __init__(self, block: _Block | None, pool: WorkerBlocks | None = None, expect: int = 0):
         self.block = block
         self.cursor = 0
+        self._pool = pool
+        self._expect = expect
 
     def alloc(self, dtype: torch.dtype, size: tuple) -> torch.Tensor | None:
         """A contiguous tensor in the block, or None when it does not fit."""
-        if self.block is None:
-            return None
         numel = 1
         for s in size:
             numel *= s
+        nbytes = numel * dtype.itemsize
+        if self.block is None:
+            if self._pool is None:
+                return None
+            self.block = self._pool.acquire(max(self._expect, nbytes))
+            self._pool = None  # one try per batch
+            if self.block is None:
+                return None
         start = _align(self.cursor)
-        end = start + numel * dtype.itemsize
+        end = start + nbytes
         if end > self.block.capacity:
             return None
         self.cursor = end
@@ -288,11 +301,13 @@ class WorkerBlocks:
             self._reserved.discard(block.id)
 
     def arena(self) -> Arena:
-        """An arena over a block sized for the batches seen so far (none before the first)."""
-        return Arena(self.acquire(self._expect) if self._expect else None)
+        """An arena that takes a block when collate first asks for room."""
+        return Arena(None, self, self._expect)
 
     def pack(self, batch: Any, arena: Arena) -> Packed:
         """Pickle ``batch``, placing its tensors in a block; mark the block HELD."""
+        if arena.block is None and self._expect:
+            arena = Arena(self.acquire(self._expect))  # collate made no tensor: copy them in
         block = arena.block
         try:
             placer = _Placer(arena)
