@@ -36,6 +36,7 @@ from collections import deque
 from typing import Any
 
 import torch
+from torch._utils import KeyErrorMessage
 
 from probes.events import BatchEvent, EventLog
 
@@ -183,6 +184,8 @@ class SingleProcessIter(_BaseIter):
 
     def __init__(self, loader: Any) -> None:
         super().__init__(loader)
+        if self._timeout != 0:  # torch refuses this combination with exactly this error
+            raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
         self._fetcher = make_fetcher(
             self._iterable, self._dataset, self._auto_collation, self._collate_fn, self._drop_last
         )
@@ -552,7 +555,7 @@ class MultiProcessIter(_BaseIter):
         msg = f"Caught {info.type_name} {info.where()}.\nOriginal {info.traceback}"
         exc_type = info.exc_type
         if exc_type is KeyError:
-            exc: BaseException = KeyError(msg)
+            exc: BaseException = KeyError(KeyErrorMessage(msg))  # readable str(), as torch does
         else:
             try:
                 exc = exc_type(msg) if exc_type is not None else None
