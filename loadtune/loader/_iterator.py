@@ -42,7 +42,7 @@ from probes.events import BatchEvent, EventLog
 
 from ..errors import DataLoadingError, LoaderTimeoutError, WorkerCrashError
 from . import _worker as W
-from ._fetch import make_fetcher
+from ._fetch import Empty, make_fetcher
 from ._shm import MAX_BLOCKS, BlockMaps, unpack
 
 __all__ = ["MultiProcessIter", "SingleProcessIter"]
@@ -143,6 +143,8 @@ class _BaseIter:
         self._persistent = loader.persistent_workers
         self._num_yielded = 0
         self._events: EventLog = loader.events
+        self._failures: list = loader.failures
+        self._policy = loader._error_policy
         self._epoch = loader._next_epoch()
 
     def __iter__(self) -> _BaseIter:
@@ -187,7 +189,12 @@ class SingleProcessIter(_BaseIter):
         if self._timeout != 0:  # torch refuses this combination with exactly this error
             raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
         self._fetcher = make_fetcher(
-            self._iterable, self._dataset, self._auto_collation, self._collate_fn, self._drop_last
+            self._iterable,
+            self._dataset,
+            self._auto_collation,
+            self._collate_fn,
+            self._drop_last,
+            self._policy,
         )
         self._batch = 0
 
@@ -197,8 +204,18 @@ class SingleProcessIter(_BaseIter):
 
     def __next__(self) -> Any:
         start = time.monotonic()
-        index = next(self._sampler_iter)
-        data, count = self._fetcher.fetch(index)
+        fetcher = self._fetcher
+        while True:
+            index = next(self._sampler_iter)
+            fetcher.epoch, fetcher.batch = self._epoch, self._batch
+            try:
+                data, count = fetcher.fetch(index)
+            except Empty:  # every sample of this batch was skipped: on to the next
+                self._failures.extend(fetcher.failures)
+                self._batch += 1
+                continue
+            self._failures.extend(fetcher.failures)
+            break
         collate_end = time.monotonic()
         if self._pin_device is not None:
             data = pin(data, self._pin_device)
@@ -234,6 +251,7 @@ class _Worker:
     __slots__ = (
         "active",
         "id",
+        "last_answer",
         "outstanding",
         "pid",
         "process",
@@ -253,6 +271,7 @@ class _Worker:
         self.active = True  # takes tasks this epoch (False once its iterable stream ended)
         self.outstanding: dict[int, Any] = {}  # seq -> indices sent and not yet answered
         self.stopping = False  # asked to exit: its end is not a crash
+        self.last_answer = 0.0  # when its last answer arrived (hang detection)
 
 
 class _Item:
@@ -279,6 +298,9 @@ class MultiProcessIter(_BaseIter):
         self._prefetch = loader.prefetch_factor
         self._in_order = loader.in_order
         self._balanced = loader.dispatch == "balanced"
+        self._on_death = loader.on_worker_death
+        self._max_restarts = loader.max_worker_restarts
+        self._restarts = 0
         ctx = loader.multiprocessing_context
         self._ctx = ctx if ctx is not None else mp.get_context()
         self._worker_init_fn = loader.worker_init_fn
@@ -320,6 +342,7 @@ class MultiProcessIter(_BaseIter):
             worker_init_fn=self._worker_init_fn,
             per_batch_seed=self._balanced,
             keep_blocks=1,
+            policy=self._policy,
         )
         process = ctx.Process(
             target=W.worker_loop,
@@ -432,7 +455,8 @@ class MultiProcessIter(_BaseIter):
             try:
                 msg = _decode(worker, self._maps, self._pin_device)
             except (EOFError, ConnectionResetError):
-                self._crash(worker)
+                self._crash(worker)  # restarts it (or raises): this pipe is done
+                return
             self._accept(msg)
 
     def _accept(self, msg: _Msg) -> None:
@@ -455,7 +479,18 @@ class MultiProcessIter(_BaseIter):
             self._stream_ended(worker, header[1])
             return
         seq = header[1]
-        worker.outstanding.pop(seq, None)
+        if worker.outstanding.pop(seq, _MISSING) is _MISSING:
+            return  # not this worker's task (any more): a restarted worker's late answer
+        worker.last_answer = msg.ready
+        if kind == W.SKIPPED:  # every sample failed and was skipped: no batch
+            self._failures.extend(header[3])
+            self._dropped.add(seq)
+            self._dispatched_at.pop(seq, None)
+            self._window -= 1
+            self._fill()
+            return
+        if kind == W.BATCH:
+            self._failures.extend(header[12])
         error = header[3] if kind == W.ERROR else None
         self._ready[seq] = _Item(worker, header, msg.data, error, msg.ready, msg.ready - msg.start)
         self._arrivals.append(seq)
@@ -540,11 +575,13 @@ class MultiProcessIter(_BaseIter):
                 if self._window == 0:
                     self._end_epoch()
             now = time.monotonic()
+            if self._timeout > 0:
+                self._check_hung(now)  # the more precise report goes first
             if now >= deadline:
                 self._timed_out()
             if self._shut:
                 raise StopIteration
-            self._pump(min(_POLL_S, deadline - now))
+            self._pump(min(_POLL_S, deadline - now, self._timeout or _POLL_S))
 
     def _end_epoch(self) -> None:
         if not self._persistent:
@@ -567,6 +604,27 @@ class MultiProcessIter(_BaseIter):
                 )
         raise exc
 
+    def _check_hung(self, now: float) -> None:
+        """A worker that has held one batch for longer than ``timeout`` is hung.
+
+        It started that batch no earlier than the batch's dispatch and no earlier than the
+        arrival of its previous answer; this catches it even while other workers produce.
+        """
+        for worker in self._workers:
+            if not worker.outstanding or worker.stopping:
+                continue
+            seq = min(worker.outstanding)
+            started = max(self._dispatched_at.get(seq, now), worker.last_answer)
+            if now - started > self._timeout:
+                raise LoaderTimeoutError(
+                    f"DataLoader timed out after {self._timeout} seconds: worker {worker.id} "
+                    f"(pid {worker.pid}) has held batch {seq} (dataset indices "
+                    f"{worker.outstanding[seq]!r}) for {now - started:.1f} s",
+                    index=worker.outstanding[seq],
+                    worker_id=worker.id,
+                    pid=worker.pid,
+                )
+
     def _timed_out(self) -> None:
         held = [
             f"worker {w.id} (pid {w.pid}) holds batches {sorted(w.outstanding)}"
@@ -577,20 +635,54 @@ class MultiProcessIter(_BaseIter):
         raise LoaderTimeoutError(f"DataLoader timed out after {self._timeout} seconds{detail}")
 
     def _crash(self, worker: _Worker) -> None:
+        """A worker died: replace it and dispatch its batches again, or raise."""
         worker.process.join(0.1)
         code = worker.process.exitcode
         seqs = sorted(worker.outstanding)
         indices = [worker.outstanding[s] for s in seqs]
-        err = WorkerCrashError(
-            f"DataLoader worker (pid(s) {worker.pid}) exited unexpectedly: worker {worker.id} "
-            f"{_how(code)} while holding batches {seqs}",
-            worker_id=worker.id,
-            pid=worker.pid,
-            exitcode=code,
-            indices=indices,
+        how = f"worker {worker.id} {_how(code)} while holding batches {seqs}"
+        refuse = None
+        if self._on_death == "raise":
+            refuse = ""
+        elif self._iterable:
+            refuse = " (an IterableDataset's stream cannot be replayed, so it is not restarted)"
+        elif self._restarts >= self._max_restarts:
+            refuse = f" (max_worker_restarts={self._max_restarts} reached)"
+        if refuse is not None:
+            err = WorkerCrashError(
+                f"DataLoader worker (pid(s) {worker.pid}) exited unexpectedly: {how}{refuse}",
+                worker_id=worker.id,
+                pid=worker.pid,
+                exitcode=code,
+                indices=indices,
+            )
+            self._shutdown()
+            raise err
+        self._restarts += 1
+        self._retire(worker)
+        replacement = self._start_worker(worker.id)
+        self._workers[worker.id] = replacement
+        warnings.warn(
+            f"DataLoader worker (pid {worker.pid}) died: {how}; restarted it as pid "
+            f"{replacement.pid} and dispatched those batches again",
+            RuntimeWarning,
+            stacklevel=4,
         )
-        self._shutdown()
-        raise err
+        for seq, index in zip(seqs, indices, strict=True):
+            replacement.outstanding[seq] = index
+            self._send(replacement, (W.TASK, seq, self._epoch, index))
+
+    def _retire(self, worker: _Worker) -> None:
+        """Let go of a dead worker: its pipes, its process and its block mappings."""
+        worker.stopping = True
+        worker.outstanding.clear()
+        self._pool.version += 1
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join()
+        worker.tasks.close()
+        worker.results.close()
+        self._maps.drop_worker(worker.pid)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -626,6 +718,7 @@ class MultiProcessIter(_BaseIter):
             self._shutdown()
 
 
+_MISSING = object()
 _DEAD = -1  # pseudo message kinds made on this side
 _LOST = -2
 _FAILED = -3

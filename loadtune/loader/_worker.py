@@ -33,13 +33,13 @@ from typing import Any
 import torch
 from torch.utils.data._utils import worker as _torch_worker
 
-from ._fetch import make_fetcher
+from ._fetch import Empty, ErrorPolicy, make_fetcher
 from ._shm import WorkerBlocks
 
 __all__ = ["ErrorInfo", "WorkerSpec", "batch_seed", "seed_worker", "worker_loop"]
 
 # Message kinds, worker -> main (first element of the header).
-BATCH, ERROR, STOP, RESET_ACK = 0, 1, 2, 3
+BATCH, ERROR, STOP, RESET_ACK, SKIPPED = 0, 1, 2, 3, 4
 # Task kinds, main -> worker.
 TASK, RESET = 0, 1
 
@@ -63,6 +63,7 @@ class WorkerSpec:
     worker_init_fn: Any
     per_batch_seed: bool
     keep_blocks: int
+    policy: ErrorPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,13 @@ def worker_loop(spec: WorkerSpec, tasks: Connection, results: Connection, states
 
     def new_fetcher() -> Any:
         return make_fetcher(
-            spec.iterable, spec.dataset, spec.auto_collation, spec.collate_fn, spec.drop_last
+            spec.iterable,
+            spec.dataset,
+            spec.auto_collation,
+            spec.collate_fn,
+            spec.drop_last,
+            spec.policy,
+            spec.worker_id,
         )
 
     try:
@@ -211,8 +218,13 @@ def _serve(
     """Fetch, collate, pack and send one batch. Returns True when the stream has ended."""
     fetch_start = time.monotonic()
     arena = blocks.arena()
+    fetcher.epoch, fetcher.batch = epoch, seq
     try:
         batch, count = fetcher.fetch(index, arena)
+    except Empty:
+        blocks.release(arena.block)
+        _send(results, (SKIPPED, seq, epoch, tuple(fetcher.failures)))
+        return False
     except StopIteration:
         blocks.release(arena.block)
         if spec.iterable:
@@ -249,6 +261,7 @@ def _serve(
         sent,
         packed.nbytes,
         count,
+        tuple(fetcher.failures),
     )
     _send(results, header, packed.payload)
     return False

@@ -18,6 +18,7 @@ import torch.utils.data
 
 from probes.events import EventLog
 
+from ._fetch import ON_ERROR, RETRY_EXHAUSTED, ErrorPolicy, SampleFailure
 from ._iterator import MultiProcessIter, SingleProcessIter
 
 __all__ = ["DataLoader"]
@@ -25,6 +26,12 @@ __all__ = ["DataLoader"]
 T_co = TypeVar("T_co", covariant=True)
 
 _DISPATCH = ("round_robin", "balanced")
+_ON_DEATH = ("restart", "raise")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} should be one of {choices}, but got {name}={value!r}")
 
 
 class DataLoader(torch.utils.data.DataLoader[T_co]):
@@ -52,6 +59,23 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             runs reproducible but differs from torch's per-worker streams (NOTE [ Seed
             scheme ] in _worker.py).
         event_capacity: How many BatchEvents ``loader.events`` keeps (oldest dropped).
+        on_error: What a sample that raises does. ``"raise"`` (default): the original
+            exception type is raised in the main process with the dataset index, the worker
+            and its traceback in the message. ``"skip"``: the sample is left out of its
+            batch (a batch left empty is skipped) and recorded in ``loader.failures``.
+            ``"retry"``: tried again ``max_retries`` times with exponential backoff from
+            ``retry_backoff`` seconds, then ``retry_exhausted`` ("raise" or "skip"). For an
+            IterableDataset a skipped sample is replaced by the stream's next one; a
+            generator that raised is finished, so its stream ends there.
+        on_worker_death: ``"restart"`` (default): a worker that dies (killed, segfault,
+            ``os._exit``, OOM) is replaced by one with the same id and seed, the batches it
+            held are dispatched again, and a RuntimeWarning names what happened; no index
+            is lost or repeated. The replacement's RNG starts afresh, so a random
+            augmentation of a re-dispatched batch differs from the uninterrupted run unless
+            ``dispatch="balanced"`` (per-batch seeds). An IterableDataset's stream cannot be
+            replayed, so its workers' deaths always raise. ``"raise"``: WorkerCrashError at
+            once.
+        max_worker_restarts: Restarts allowed per iterator; one more raises WorkerCrashError.
 
     Raises:
         ValueError, TypeError: Exactly where torch's DataLoader raises them, plus
@@ -87,11 +111,26 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         in_order: bool = True,
         dispatch: str = "round_robin",
         event_capacity: int = 100_000,
+        on_error: str = "raise",
+        max_retries: int = 3,
+        retry_backoff: float = 0.05,
+        retry_exhausted: str = "raise",
+        on_worker_death: str = "restart",
+        max_worker_restarts: int = 8,
     ) -> None:
-        if dispatch not in _DISPATCH:
+        _check_choice("dispatch", dispatch, _DISPATCH)
+        _check_choice("on_error", on_error, ON_ERROR)
+        _check_choice("retry_exhausted", retry_exhausted, RETRY_EXHAUSTED)
+        _check_choice("on_worker_death", on_worker_death, _ON_DEATH)
+        if max_retries < 0 or retry_backoff < 0 or max_worker_restarts < 0:
             raise ValueError(
-                f"dispatch should be one of {_DISPATCH}, but got dispatch={dispatch!r}"
+                "max_retries, retry_backoff and max_worker_restarts should be non-negative, but "
+                f"got {max_retries}, {retry_backoff} and {max_worker_restarts}"
             )
+        self.on_worker_death = on_worker_death
+        self.max_worker_restarts = max_worker_restarts
+        self._error_policy = ErrorPolicy(on_error, max_retries, retry_backoff, retry_exhausted)
+        self.failures: list[SampleFailure] = []
         # Set before torch's __init__ (which freezes some attributes once initialized).
         self.dispatch = dispatch
         self.events = EventLog(event_capacity)

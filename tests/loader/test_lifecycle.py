@@ -175,7 +175,7 @@ def test_holding_more_batches_than_blocks_falls_back_and_stays_correct(clean: No
 
 @pytest.mark.parametrize("how, detail", [("exit", "exited with code 3"), ("kill", "SIGKILL")])
 def test_worker_death_is_reported(clean: None, how: str, detail: str) -> None:
-    loader = DataLoader(ExitAt(9, how), batch_size=2, num_workers=2)
+    loader = DataLoader(ExitAt(9, how), batch_size=2, num_workers=2, on_worker_death="raise")
     with pytest.raises(loadtune.WorkerCrashError) as info:
         for _ in loader:
             pass
@@ -195,7 +195,8 @@ def test_timeout_names_the_worker_and_batch(clean: None) -> None:
     assert isinstance(info.value, TimeoutError) and isinstance(info.value, RuntimeError)
     text = str(info.value)
     assert text.startswith("DataLoader timed out after 0.5 seconds")
-    assert "worker 1 " in text and "holds batches [1" in text
+    assert "worker 1 " in text and "held batch 1 (dataset indices [2, 3])" in text
+    assert info.value.worker_id == 1 and info.value.index == [2, 3]
 
 
 def test_events_account_for_every_batch() -> None:

@@ -44,7 +44,7 @@ def test_batches_and_epochs_match_the_direct_path() -> None:
 
 
 def test_worker_crash_is_reported_through_the_thread() -> None:
-    loader = _threaded(ExitAt(5, "exit"), batch_size=2, num_workers=2)
+    loader = _threaded(ExitAt(5, "exit"), batch_size=2, num_workers=2, on_worker_death="raise")
     with pytest.raises(loadtune.WorkerCrashError, match="exited with code 3"):
         for _ in loader:
             pass
