@@ -41,6 +41,7 @@ from torch._utils import KeyErrorMessage
 from probes.events import BatchEvent, EventLog
 
 from ..errors import DataLoadingError, LoaderTimeoutError, WorkerCrashError
+from . import _resume
 from . import _worker as W
 from ._fetch import Empty, make_fetcher
 from ._shm import MAX_BLOCKS, BlockMaps, unpack
@@ -136,16 +137,11 @@ class _BaseIter:
             )
         self._timeout = loader.timeout
         self._collate_fn = loader.collate_fn
-        self._sampler_iter = iter(self._index_sampler)
-        self._base_seed = int(
-            torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()
-        )
         self._persistent = loader.persistent_workers
-        self._num_yielded = 0
         self._events: EventLog = loader.events
         self._failures: list = loader.failures
         self._policy = loader._error_policy
-        self._epoch = loader._next_epoch()
+        self._finished = False
 
     def __iter__(self) -> _BaseIter:
         return self
@@ -156,12 +152,41 @@ class _BaseIter:
     def __getstate__(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} cannot be pickled")
 
-    def _reset(self, loader: Any, first_iter: bool = False) -> None:
-        self._sampler_iter = iter(self._index_sampler)
-        self._num_yielded = 0
-        self._len_called = loader._IterableDataset_len_called
-        if not first_iter:
+    def _begin_epoch(self, loader: Any, first: bool) -> None:
+        """Start an epoch in torch's order, or where a loaded state says (NOTE [ Resume ])."""
+        pending = loader._pending_state
+        loader._pending_state = None
+        if pending is not None:
+            _resume.restore_rngs(loader, pending)
+            self._epoch = loader._set_epoch(pending["epoch"])
+        else:
             self._epoch = loader._next_epoch()
+        self._sampler_iter = iter(self._index_sampler)
+        if first:
+            if pending is not None and pending["base_seed"] is not None:
+                self._base_seed = int(pending["base_seed"])
+            else:
+                self._base_seed = int(
+                    torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()
+                )
+        self._epoch_start = _resume.capture_rngs(loader)
+        self._skip_prefix = pending["done_prefix"] if pending is not None else 0
+        self._skip_extra = set(pending["done_extra"]) if pending is not None else set()
+        self._ds_states: dict[str, Any] = dict(pending["dataset"]) if pending is not None else {}
+        self._num_yielded = self._skip_prefix
+        self._len_called = loader._IterableDataset_len_called
+        self._finished = False
+
+    def _state(self, done_prefix: int, done_extra: list[int]) -> dict:
+        return {
+            "format": _resume.FORMAT,
+            "epoch": self._epoch,
+            "done_prefix": done_prefix,
+            "done_extra": done_extra,
+            "base_seed": self._base_seed,
+            **self._epoch_start,
+            "dataset": dict(self._ds_states),
+        }
 
     def _count_yield(self) -> None:
         self._num_yielded += 1
@@ -188,6 +213,13 @@ class SingleProcessIter(_BaseIter):
         super().__init__(loader)
         if self._timeout != 0:  # torch refuses this combination with exactly this error
             raise AssertionError("_SingleProcessDataLoaderIter requires timeout == 0")
+        self._reset(loader, first_iter=True)
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        self._begin_epoch(loader, first_iter)
+        state = self._ds_states.get("main")
+        if self._iterable and state is not None:
+            self._dataset.load_state_dict(state)
         self._fetcher = make_fetcher(
             self._iterable,
             self._dataset,
@@ -197,19 +229,31 @@ class SingleProcessIter(_BaseIter):
             self._policy,
         )
         self._batch = 0
+        for _ in range(self._skip_prefix):
+            next(self._sampler_iter, None)
+            self._batch += 1
 
-    def _reset(self, loader: Any, first_iter: bool = False) -> None:
-        super()._reset(loader, first_iter)
-        self._batch = 0
+    def state_dict(self) -> dict:
+        """Where this epoch stands (see NOTE [ Resume ])."""
+        if self._iterable and hasattr(self._dataset, "state_dict"):
+            self._ds_states["main"] = self._dataset.state_dict()
+        return self._state(self._batch, [])
 
     def __next__(self) -> Any:
         start = time.monotonic()
         fetcher = self._fetcher
         while True:
-            index = next(self._sampler_iter)
+            try:
+                index = next(self._sampler_iter)
+            except StopIteration:
+                self._finished = True
+                raise
             fetcher.epoch, fetcher.batch = self._epoch, self._batch
             try:
                 data, count = fetcher.fetch(index)
+            except StopIteration:
+                self._finished = True
+                raise
             except Empty:  # every sample of this batch was skipped: on to the next
                 self._failures.extend(fetcher.failures)
                 self._batch += 1
@@ -311,6 +355,7 @@ class MultiProcessIter(_BaseIter):
         self._workers = self._pool.workers
         self._poller = _Poller()
         self._receiver: _Receiver | None = None
+        self._begin_epoch(loader, first=True)
         _register(self)
         try:
             for worker_id in range(self._num_workers):
@@ -321,7 +366,7 @@ class MultiProcessIter(_BaseIter):
         except BaseException:
             self._shutdown()
             raise
-        self._reset(loader, first_iter=True)
+        self._reset_dispatch(first=True)
 
     # ------------------------------------------------------------------ workers
 
@@ -343,6 +388,7 @@ class MultiProcessIter(_BaseIter):
             per_batch_seed=self._balanced,
             keep_blocks=1,
             policy=self._policy,
+            dataset_state=self._ds_states.get(str(worker_id)) if self._iterable else None,
         )
         process = ctx.Process(
             target=W.worker_loop,
@@ -361,19 +407,30 @@ class MultiProcessIter(_BaseIter):
     # ------------------------------------------------------------------ epochs
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
-        super()._reset(loader, first_iter)
-        self._sent = 0  # next sequence number to dispatch
-        self._rcvd = 0  # next sequence number to hand out (in order)
+        """A new epoch on the same (persistent) workers."""
+        self._begin_epoch(loader, first_iter)
+        self._reset_dispatch(first_iter)
+
+    def _reset_dispatch(self, first: bool) -> None:
+        skip = self._skip_prefix
+        self._sent = skip  # next sequence number to dispatch
+        self._rcvd = skip  # next sequence number to hand out (in order)
+        self._done_prefix = skip  # every batch number below it is handed out or dropped
+        self._done: set[int] = set()  # handed out or dropped at or above _done_prefix
         self._window = 0  # dispatched and not yet handed out or dropped
         self._ready: dict[int, _Item] = {}
         self._arrivals: deque[int] = deque()
         self._dropped: set[int] = set()
         self._dispatched_at: dict[int, float] = {}
-        self._rr = 0
+        self._rr = skip % self._num_workers
         self._sampler_done = False
+        for _ in range(skip):  # resume: these batches were handed out before the state was taken
+            if next(self._sampler_iter, _MISSING) is _MISSING:
+                self._sampler_done = True
+                break
         for worker in self._workers:
             worker.active = True
-        if not first_iter:
+        if not first:
             # Answers still in flight belong to the last epoch: _accept drops them by their
             # epoch field; the ack says a worker has nothing older left to send.
             self._acks: set[int] = set()
@@ -384,6 +441,16 @@ class MultiProcessIter(_BaseIter):
             while len(self._acks) < len(live):
                 self._pump(_POLL_S)
         self._fill()
+
+    def _mark_done(self, seq: int) -> None:
+        self._done.add(seq)
+        while self._done_prefix in self._done:
+            self._done.discard(self._done_prefix)
+            self._done_prefix += 1
+
+    def state_dict(self) -> dict:
+        """Where this epoch stands (see NOTE [ Resume ])."""
+        return self._state(self._done_prefix, sorted(self._done))
 
     # ------------------------------------------------------------------ dispatch
 
@@ -417,6 +484,10 @@ class MultiProcessIter(_BaseIter):
                 return
             seq = self._sent
             self._sent += 1
+            if seq in self._skip_extra:  # resume: handed out before the state was taken
+                self._dropped.add(seq)
+                self._mark_done(seq)
+                continue
             self._window += 1
             worker.outstanding[seq] = index
             self._dispatched_at[seq] = time.monotonic()
@@ -485,6 +556,7 @@ class MultiProcessIter(_BaseIter):
         if kind == W.SKIPPED:  # every sample failed and was skipped: no batch
             self._failures.extend(header[3])
             self._dropped.add(seq)
+            self._mark_done(seq)
             self._dispatched_at.pop(seq, None)
             self._window -= 1
             self._fill()
@@ -502,6 +574,7 @@ class MultiProcessIter(_BaseIter):
         worker.active = False
         for pending in worker.outstanding:
             self._dropped.add(pending)
+            self._mark_done(pending)
             self._dispatched_at.pop(pending, None)
             self._window -= 1
         worker.outstanding.clear()
@@ -529,6 +602,9 @@ class MultiProcessIter(_BaseIter):
         if item.error is not None:
             self._raise(item.error)
         h = item.header
+        self._mark_done(seq)
+        if h[13] is not None:
+            self._ds_states[str(item.worker.id)] = h[13]
         self._events.append(
             BatchEvent(
                 epoch=self._epoch,
@@ -584,6 +660,7 @@ class MultiProcessIter(_BaseIter):
             self._pump(min(_POLL_S, deadline - now, self._timeout or _POLL_S))
 
     def _end_epoch(self) -> None:
+        self._finished = True
         if not self._persistent:
             self._shutdown()
         raise StopIteration

@@ -64,6 +64,7 @@ class WorkerSpec:
     per_batch_seed: bool
     keep_blocks: int
     policy: ErrorPolicy
+    dataset_state: Any = None  # resume: an IterableDataset's state to load before iter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,8 @@ def worker_loop(spec: WorkerSpec, tasks: Connection, results: Connection, states
     try:
         if spec.worker_init_fn is not None:
             spec.worker_init_fn(spec.worker_id)
+        if spec.dataset_state is not None:
+            spec.dataset.load_state_dict(spec.dataset_state)
         fetcher = new_fetcher()
     except Exception as exc:
         init_error = ErrorInfo.capture(exc, spec.worker_id, None)
@@ -262,6 +265,9 @@ def _serve(
         packed.nbytes,
         count,
         tuple(fetcher.failures),
+        spec.dataset.state_dict()
+        if spec.iterable and hasattr(spec.dataset, "state_dict")
+        else None,
     )
     _send(results, header, packed.payload)
     return False

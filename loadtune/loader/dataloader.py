@@ -12,12 +12,14 @@ memory transport and the pin-memory step; no part of torch's iterator is used.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, TypeVar
 
 import torch.utils.data
 
 from probes.events import EventLog
 
+from . import _resume
 from ._fetch import ON_ERROR, RETRY_EXHAUSTED, ErrorPolicy, SampleFailure
 from ._iterator import MultiProcessIter, SingleProcessIter
 
@@ -136,6 +138,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self.events = EventLog(event_capacity)
         self._epochs = 0
         self._pin_thread = False  # tests: run the pin-memory thread without an accelerator
+        self._pending_state: dict | None = None
+        self._last_iter: weakref.ref | None = None
         super().__init__(
             dataset,
             batch_size,
@@ -161,11 +165,64 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self._epochs += 1
         return epoch
 
+    def _set_epoch(self, epoch: int) -> int:
+        self._epochs = epoch + 1
+        return epoch
+
     def _get_iterator(self) -> SingleProcessIter | MultiProcessIter:
         if self.num_workers == 0:
-            return SingleProcessIter(self)
-        self.check_worker_number_rationality()
-        return MultiProcessIter(self)
+            it: SingleProcessIter | MultiProcessIter = SingleProcessIter(self)
+        else:
+            self.check_worker_number_rationality()
+            it = MultiProcessIter(self)
+        self._last_iter = weakref.ref(it)
+        return it
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where iteration stands, as plain data; see :meth:`load_state_dict`.
+
+        Taken mid-epoch it describes the epoch in progress: the batches already handed out
+        and the randomness the epoch started from. Taken between epochs (or before the
+        first) it describes the start of the next one. The dict holds ints, strings, lists
+        and dicts (plus whatever an IterableDataset's own ``state_dict()`` returns), so it
+        goes through ``torch.save`` and ``json.dumps``.
+
+        Example:
+            >>> import torch
+            >>> from loadtune import DataLoader
+            >>> loader = DataLoader(torch.arange(6), batch_size=2)
+            >>> it = iter(loader); _ = next(it)
+            >>> resumed = DataLoader(torch.arange(6), batch_size=2)
+            >>> resumed.load_state_dict(loader.state_dict())
+            >>> [b.tolist() for b in resumed]
+            [[2, 3], [4, 5]]
+        """
+        it = self._last_iter() if self._last_iter is not None else None
+        if it is not None and not it._finished:
+            return it.state_dict()
+        persistent = it if self.persistent_workers and self.num_workers > 0 else None
+        return {
+            "format": _resume.FORMAT,
+            "epoch": self._epochs,
+            "done_prefix": 0,
+            "done_extra": [],
+            "base_seed": persistent._base_seed if persistent is not None else None,
+            **_resume.capture_rngs(self),
+            "dataset": {},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`, in this process or a new one.
+
+        The next ``iter(loader)`` yields exactly the batches the original had not handed
+        out yet in that epoch, then the following epochs as the uninterrupted run would
+        have had them (NOTE [ Resume ] in _resume.py says how, and where this differs from
+        torchdata's StatefulDataLoader).
+
+        Raises:
+            ValueError: The state is not one this loader wrote.
+        """
+        self._pending_state = _resume.check(state)
 
     def __repr__(self) -> str:
         return (
