@@ -35,6 +35,7 @@ import weakref
 from collections import deque
 from typing import Any
 
+import psutil
 import torch
 from torch._utils import KeyErrorMessage
 
@@ -51,6 +52,13 @@ __all__ = ["MultiProcessIter", "SingleProcessIter"]
 _POLL_S = 1.0
 _JOIN_S = 2.0
 _BALANCED_DEPTH = 2
+_MEM_CHECK_S = 0.25
+
+
+def available_memory() -> int:
+    """System memory available to new allocations, in bytes (tests replace this)."""
+    return psutil.virtual_memory().available
+
 
 _live: weakref.WeakSet = weakref.WeakSet()
 _atexit_registered = False
@@ -345,6 +353,10 @@ class MultiProcessIter(_BaseIter):
         self._on_death = loader.on_worker_death
         self._max_restarts = loader.max_worker_restarts
         self._restarts = 0
+        self._min_available = loader._min_available_bytes()
+        self._mem_checked = -math.inf
+        self._mem_low = False
+        self._mem_warned = False
         ctx = loader.multiprocessing_context
         self._ctx = ctx if ctx is not None else mp.get_context()
         self._worker_init_fn = loader.worker_init_fn
@@ -470,9 +482,36 @@ class MultiProcessIter(_BaseIter):
                 return worker
         return None
 
+    def _window_cap(self) -> int:
+        """Batches allowed in flight: prefetch_factor x num_workers, or one per worker while
+        available memory is below ``min_available_memory`` (checked every quarter second;
+        back to full once it is 25% above the threshold, so the cap does not flap)."""
+        full = self._prefetch * self._num_workers
+        if self._min_available is None:
+            return full
+        now = time.monotonic()
+        if now - self._mem_checked >= _MEM_CHECK_S:
+            self._mem_checked = now
+            available = available_memory()
+            if not self._mem_low and available < self._min_available:
+                self._mem_low = True
+                if not self._mem_warned:
+                    self._mem_warned = True
+                    warnings.warn(
+                        f"available memory {available / 2**20:.0f} MiB is below "
+                        f"min_available_memory ({self._min_available / 2**20:.0f} MiB): lowering "
+                        f"the batches in flight from {full} to {self._num_workers} until it "
+                        "recovers",
+                        RuntimeWarning,
+                        stacklevel=5,
+                    )
+            elif self._mem_low and available > 1.25 * self._min_available:
+                self._mem_low = False
+        return self._num_workers if self._mem_low else full
+
     def _fill(self) -> None:
         """Dispatch tasks until the prefetch window is full or the sampler is done."""
-        max_tasks = self._prefetch * self._num_workers
+        max_tasks = self._window_cap()
         while not self._sampler_done and self._window < max_tasks:
             worker = self._choose_worker()
             if worker is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, TypeVar
 
+import psutil
 import torch.utils.data
 
 from probes.events import EventLog
@@ -78,6 +79,10 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             replayed, so its workers' deaths always raise. ``"raise"``: WorkerCrashError at
             once.
         max_worker_restarts: Restarts allowed per iterator; one more raises WorkerCrashError.
+        min_available_memory: Below this much available system memory (a fraction of the
+            total when < 1, else bytes; None turns it off) the loader keeps one batch in
+            flight per worker instead of ``prefetch_factor``, instead of being killed by the
+            OOM killer, and says so once with a RuntimeWarning.
 
     Raises:
         ValueError, TypeError: Exactly where torch's DataLoader raises them, plus
@@ -119,6 +124,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         retry_exhausted: str = "raise",
         on_worker_death: str = "restart",
         max_worker_restarts: int = 8,
+        min_available_memory: float | None = 0.05,
     ) -> None:
         _check_choice("dispatch", dispatch, _DISPATCH)
         _check_choice("on_error", on_error, ON_ERROR)
@@ -129,6 +135,12 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 "max_retries, retry_backoff and max_worker_restarts should be non-negative, but "
                 f"got {max_retries}, {retry_backoff} and {max_worker_restarts}"
             )
+        if min_available_memory is not None and min_available_memory < 0:
+            raise ValueError(
+                "min_available_memory should be a fraction of memory (< 1), a number of bytes "
+                f"(>= 1) or None, but got min_available_memory={min_available_memory}"
+            )
+        self.min_available_memory = min_available_memory
         self.on_worker_death = on_worker_death
         self.max_worker_restarts = max_worker_restarts
         self._error_policy = ErrorPolicy(on_error, max_retries, retry_backoff, retry_exhausted)
@@ -159,6 +171,12 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             pin_memory_device=pin_memory_device,
             in_order=in_order,
         )
+
+    def _min_available_bytes(self) -> int | None:
+        value = self.min_available_memory
+        if value is None:
+            return None
+        return int(value * psutil.virtual_memory().total) if value < 1 else int(value)
 
     def _next_epoch(self) -> int:
         epoch = self._epochs
