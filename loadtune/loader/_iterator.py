@@ -11,7 +11,7 @@ Nothing may outlive the loader: no worker process and no shared memory.
   exception in the user's loop, ``del loader``), on a worker crash, and at interpreter
   exit for every iterator still alive (persistent workers).
 * A worker whose main process dies without any of that (SIGKILL) sees its parent change
-  within ``_PARENT_POLL_S`` seconds and returns (see _worker.worker_loop).
+  within ``_PARENT_POLL_S`` (0.5) seconds and returns (see _worker.worker_loop).
 * SIGINT is ignored in workers: Ctrl-C is the main process's to handle, and a worker
   must not die of it while the main process decides to go on.
 """
@@ -19,13 +19,10 @@ Nothing may outlive the loader: no worker process and no shared memory.
 from __future__ import annotations
 
 import atexit
-import io
 import math
 import multiprocessing as mp
 import os
-import pickle
 import queue
-import select
 import signal
 import sys
 import threading
@@ -45,7 +42,20 @@ from ..errors import DataLoadingError, LoaderTimeoutError, WorkerCrashError
 from . import _resume
 from . import _worker as W
 from ._fetch import Empty, make_fetcher
-from ._shm import MAX_BLOCKS, BlockMaps, unpack
+from ._pin import Receiver, pin
+from ._pipes import (
+    DEAD,
+    FAILED,
+    LOST,
+    MISSING,
+    Item,
+    Msg,
+    Poller,
+    Pool,
+    WorkerHandle,
+    decode,
+)
+from ._shm import MAX_BLOCKS, BlockMaps
 
 __all__ = ["MultiProcessIter", "SingleProcessIter"]
 
@@ -87,29 +97,6 @@ def _accelerator() -> str | None:
         current = acc.current_accelerator()
         return current.type if current is not None else None
     return "cuda" if torch.cuda.is_available() else None
-
-
-def pin(data: Any, device: str | None = None) -> Any:
-    """Copy every tensor of a batch into page-locked memory, keeping the structure."""
-    if isinstance(data, torch.Tensor):
-        return data.pin_memory(device) if device else data.pin_memory()
-    if isinstance(data, (str, bytes)):
-        return data
-    if isinstance(data, dict):
-        try:
-            out = type(data)({k: pin(v, device) for k, v in data.items()})
-        except TypeError:
-            return {k: pin(v, device) for k, v in data.items()}
-        return out
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(pin(v, device) for v in data))
-    if isinstance(data, tuple):
-        return tuple(pin(v, device) for v in data)
-    if isinstance(data, list):
-        return [pin(v, device) for v in data]
-    if hasattr(data, "pin_memory"):
-        return data.pin_memory()
-    return data
 
 
 class _BaseIter:
@@ -297,51 +284,6 @@ class SingleProcessIter(_BaseIter):
         return data
 
 
-class _Worker:
-    """The main process's handle on one worker process."""
-
-    __slots__ = (
-        "active",
-        "id",
-        "last_answer",
-        "outstanding",
-        "pid",
-        "process",
-        "results",
-        "states",
-        "stopping",
-        "tasks",
-    )
-
-    def __init__(self, worker_id: int, process: Any, tasks: Any, results: Any, states: Any):
-        self.id = worker_id
-        self.process = process
-        self.pid: int = process.pid
-        self.tasks = tasks
-        self.results = results
-        self.states = states
-        self.active = True  # takes tasks this epoch (False once its iterable stream ended)
-        self.outstanding: dict[int, Any] = {}  # seq -> indices sent and not yet answered
-        self.stopping = False  # asked to exit: its end is not a crash
-        self.last_answer = 0.0  # when its last answer arrived (hang detection)
-
-
-class _Item:
-    """A received answer to one task, waiting to be handed out in order."""
-
-    __slots__ = ("data", "error", "header", "ready", "unpack", "worker")
-
-    def __init__(
-        self, worker: _Worker, header: tuple, data: Any, error: Any, ready: float, unpack: float
-    ):
-        self.worker = worker
-        self.header = header
-        self.data = data
-        self.error = error
-        self.ready = ready
-        self.unpack = unpack
-
-
 class MultiProcessIter(_BaseIter):
     """Worker processes, per-worker pipes, a prefetch window of prefetch_factor x num_workers."""
 
@@ -361,19 +303,19 @@ class MultiProcessIter(_BaseIter):
         self._ctx = ctx if ctx is not None else mp.get_context()
         self._worker_init_fn = loader.worker_init_fn
         self._maps = BlockMaps()
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerHandle] = []
         self._shut = False
-        self._pool = _Pool()
+        self._pool = Pool()
         self._workers = self._pool.workers
-        self._poller = _Poller()
-        self._receiver: _Receiver | None = None
+        self._poller = Poller()
+        self._receiver: Receiver | None = None
         self._begin_epoch(loader, first=True)
         _register(self)
         try:
             for worker_id in range(self._num_workers):
                 self._workers.append(self._start_worker(worker_id))
             if self._pin_device is not None or loader._pin_thread:
-                self._receiver = _Receiver(self._pool, self._maps, self._pin_device)
+                self._receiver = Receiver(self._pool, self._maps, self._pin_device)
                 self._receiver.start()
         except BaseException:
             self._shutdown()
@@ -382,7 +324,7 @@ class MultiProcessIter(_BaseIter):
 
     # ------------------------------------------------------------------ workers
 
-    def _start_worker(self, worker_id: int) -> _Worker:
+    def _start_worker(self, worker_id: int) -> WorkerHandle:
         ctx = self._ctx
         tasks_r, tasks_w = ctx.Pipe(duplex=False)
         results_r, results_w = ctx.Pipe(duplex=False)
@@ -414,7 +356,7 @@ class MultiProcessIter(_BaseIter):
             tasks_r.close()
             results_w.close()
         self._pool.version += 1
-        return _Worker(worker_id, process, tasks_w, results_r, states)
+        return WorkerHandle(worker_id, process, tasks_w, results_r, states)
 
     # ------------------------------------------------------------------ epochs
 
@@ -430,14 +372,14 @@ class MultiProcessIter(_BaseIter):
         self._done_prefix = skip  # every batch number below it is handed out or dropped
         self._done: set[int] = set()  # handed out or dropped at or above _done_prefix
         self._window = 0  # dispatched and not yet handed out or dropped
-        self._ready: dict[int, _Item] = {}
+        self._ready: dict[int, Item] = {}
         self._arrivals: deque[int] = deque()
         self._dropped: set[int] = set()
         self._dispatched_at: dict[int, float] = {}
         self._rr = skip % self._num_workers
         self._sampler_done = False
         for _ in range(skip):  # resume: these batches were handed out before the state was taken
-            if next(self._sampler_iter, _MISSING) is _MISSING:
+            if next(self._sampler_iter, MISSING) is MISSING:
                 self._sampler_done = True
                 break
         for worker in self._workers:
@@ -466,7 +408,7 @@ class MultiProcessIter(_BaseIter):
 
     # ------------------------------------------------------------------ dispatch
 
-    def _choose_worker(self) -> _Worker | None:
+    def _choose_worker(self) -> WorkerHandle | None:
         active = [w for w in self._workers if w.active]
         if not active:
             return None
@@ -532,7 +474,7 @@ class MultiProcessIter(_BaseIter):
             self._dispatched_at[seq] = time.monotonic()
             self._send(worker, (W.TASK, seq, self._epoch, index))
 
-    def _send(self, worker: _Worker, msg: Any) -> None:
+    def _send(self, worker: WorkerHandle, msg: Any) -> None:
         try:
             worker.tasks.send(msg)
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -559,26 +501,26 @@ class MultiProcessIter(_BaseIter):
             if kind == "sentinel" and not worker.stopping:
                 self._crash(worker)
 
-    def _receive_all(self, worker: _Worker) -> None:
+    def _receive_all(self, worker: WorkerHandle) -> None:
         """Take every message waiting in a worker's pipe (a dying worker's last words count)."""
         while not worker.results.closed and worker.results.poll(0):
             try:
-                msg = _decode(worker, self._maps, self._pin_device)
+                msg = decode(worker, self._maps)
             except (EOFError, ConnectionResetError):
                 self._crash(worker)  # restarts it (or raises): this pipe is done
                 return
             self._accept(msg)
 
-    def _accept(self, msg: _Msg) -> None:
+    def _accept(self, msg: Msg) -> None:
         kind, worker, header = msg.kind, msg.worker, msg.header
-        if kind == _FAILED:
+        if kind == FAILED:
             self._shutdown()
             raise msg.data
-        if kind == _DEAD:
+        if kind == DEAD:
             if not worker.stopping:
                 self._crash(worker)
             return
-        if kind == _LOST:
+        if kind == LOST:
             return  # it died holding the block: the batch stays outstanding
         if header[2] != self._epoch:
             return  # a persistent worker's answer to an epoch already over
@@ -589,7 +531,7 @@ class MultiProcessIter(_BaseIter):
             self._stream_ended(worker, header[1])
             return
         seq = header[1]
-        if worker.outstanding.pop(seq, _MISSING) is _MISSING:
+        if worker.outstanding.pop(seq, MISSING) is MISSING:
             return  # not this worker's task (any more): a restarted worker's late answer
         worker.last_answer = msg.ready
         if kind == W.SKIPPED:  # every sample failed and was skipped: no batch
@@ -603,12 +545,12 @@ class MultiProcessIter(_BaseIter):
         if kind == W.BATCH:
             self._failures.extend(header[12])
         error = header[3] if kind == W.ERROR else None
-        self._ready[seq] = _Item(worker, header, msg.data, error, msg.ready, msg.ready - msg.start)
+        self._ready[seq] = Item(worker, header, msg.data, error, msg.ready, msg.ready - msg.start)
         self._arrivals.append(seq)
         if self._balanced:
             self._fill()  # the worker that answered may take the next task now
 
-    def _stream_ended(self, worker: _Worker, seq: int) -> None:
+    def _stream_ended(self, worker: WorkerHandle, seq: int) -> None:
         """An iterable worker's stream is over: its pending tasks will never be answered."""
         worker.active = False
         for pending in worker.outstanding:
@@ -621,7 +563,7 @@ class MultiProcessIter(_BaseIter):
             self._stop_worker(worker)
         self._fill()
 
-    def _stop_worker(self, worker: _Worker) -> None:
+    def _stop_worker(self, worker: WorkerHandle) -> None:
         """Ask one worker to exit; it leaves the poll set."""
         worker.stopping = True
         self._pool.version += 1
@@ -667,7 +609,7 @@ class MultiProcessIter(_BaseIter):
         self._count_yield()
         return item.data
 
-    def _next_item(self, start: float) -> tuple[_Item, int]:
+    def _next_item(self, start: float) -> tuple[Item, int]:
         deadline = start + self._timeout if self._timeout > 0 else math.inf
         while True:
             if self._in_order:
@@ -750,7 +692,7 @@ class MultiProcessIter(_BaseIter):
         detail = ("; " + "; ".join(held)) if held else ""
         raise LoaderTimeoutError(f"DataLoader timed out after {self._timeout} seconds{detail}")
 
-    def _crash(self, worker: _Worker) -> None:
+    def _crash(self, worker: WorkerHandle) -> None:
         """A worker died: replace it and dispatch its batches again, or raise."""
         worker.process.join(0.1)
         code = worker.process.exitcode
@@ -788,7 +730,7 @@ class MultiProcessIter(_BaseIter):
             replacement.outstanding[seq] = index
             self._send(replacement, (W.TASK, seq, self._epoch, index))
 
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: WorkerHandle) -> None:
         """Let go of a dead worker: its pipes, its process and its block mappings."""
         worker.stopping = True
         worker.outstanding.clear()
@@ -832,135 +774,6 @@ class MultiProcessIter(_BaseIter):
     def __del__(self) -> None:
         if not sys.is_finalizing():
             self._shutdown()
-
-
-_MISSING = object()
-_DEAD = -1  # pseudo message kinds made on this side
-_LOST = -2
-_FAILED = -3
-
-
-class _Msg:
-    """One decoded message from a worker (or news of its death)."""
-
-    __slots__ = ("data", "header", "kind", "ready", "start", "worker")
-
-    def __init__(
-        self, kind: int, worker: Any, header: tuple, data: Any, start: float, ready: float
-    ) -> None:
-        self.kind = kind
-        self.worker = worker
-        self.header = header
-        self.data = data
-        self.start = start
-        self.ready = ready
-
-
-class _Pool:
-    """The worker list and a version that changes whenever the set to watch changes."""
-
-    __slots__ = ("version", "workers")
-
-    def __init__(self) -> None:
-        self.workers: list[_Worker] = []
-        self.version = 0
-
-
-class _Poller:
-    """Waits on every watched worker's result pipe and process sentinel."""
-
-    def __init__(self) -> None:
-        self._poll = select.poll()
-        self._keys: dict[int, tuple[str, _Worker]] = {}
-        self._version = -1
-
-    def poll(self, pool: _Pool, timeout: float) -> list[tuple[str, _Worker]]:
-        if self._version != pool.version:
-            self._poll = select.poll()
-            self._keys = {}
-            for worker in pool.workers:
-                if worker.results.closed or worker.stopping:
-                    continue
-                for kind, fd in (
-                    ("results", worker.results.fileno()),
-                    ("sentinel", worker.process.sentinel),
-                ):
-                    self._poll.register(fd, select.POLLIN)
-                    self._keys[fd] = (kind, worker)
-            self._version = pool.version
-        events = self._poll.poll(max(0.0, timeout) * 1000)
-        found = [self._keys[fd] for fd, _ in events if fd in self._keys]
-        # results first: a worker that answered and then exited is not a crash
-        return sorted(found, key=lambda kw: kw[0] != "results")
-
-
-def _decode(worker: _Worker, maps: BlockMaps, pin_device: str | None) -> _Msg:
-    """Read one message from a worker's pipe and rebuild its batch (zero-copy, then pinned)."""
-    start = time.monotonic()
-    f = io.BytesIO(worker.results.recv_bytes())
-    header = pickle.load(f)
-    kind = header[0]
-    data = None
-    if kind == W.BATCH:
-        block_id = header[3]
-        try:
-            maps.update(worker.pid, header[4], header[5])
-        except OSError as exc:
-            worker.process.join(0.5)
-            if worker.process.exitcode is None:
-                raise DataLoadingError(str(exc), worker_id=worker.id, pid=worker.pid) from exc
-            return _Msg(_LOST, worker, header, None, start, start)
-        mapping = maps.get(worker.pid, block_id) if block_id >= 0 else None
-        data = unpack(f, mapping, worker.states, block_id)
-        if pin_device is not None:
-            data = pin(data, pin_device)
-    return _Msg(kind, worker, header, data, start, time.monotonic())
-
-
-class _Receiver(threading.Thread):
-    """The pin-memory thread: receives, rebuilds and pins batches while the consumer works.
-
-    It owns the result pipes and the block mappings while it runs and hands the main
-    thread decoded messages through ``queue``; the main thread keeps all bookkeeping. It
-    holds no reference to the iterator, so dropping the iterator still shuts it down.
-    """
-
-    def __init__(self, pool: _Pool, maps: BlockMaps, pin_device: str | None) -> None:
-        super().__init__(name="loadtune-pin-memory", daemon=True)
-        self.queue: queue.Queue[_Msg] = queue.Queue()
-        self._pool = pool
-        self._maps = maps
-        self._pin_device = pin_device
-        self._done = threading.Event()
-        self._poller = _Poller()
-
-    def run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # handed to the main thread, which raises it
-            self.queue.put(_Msg(_FAILED, None, (), exc, 0.0, 0.0))
-
-    def _loop(self) -> None:
-        if self._pin_device == "cuda":
-            torch.cuda.set_device(torch.cuda.current_device())
-        reported: set[int] = set()
-        while not self._done.is_set():
-            for kind, worker in self._poller.poll(self._pool, 0.1):
-                if worker.stopping or worker.pid in reported:
-                    continue
-                while not worker.results.closed and worker.results.poll(0):
-                    try:
-                        self.queue.put(_decode(worker, self._maps, self._pin_device))
-                    except (EOFError, ConnectionResetError):
-                        break
-                if kind == "sentinel" and not worker.stopping:
-                    reported.add(worker.pid)
-                    self.queue.put(_Msg(_DEAD, worker, (), None, 0.0, 0.0))
-
-    def stop(self) -> None:
-        self._done.set()
-        if self is not threading.current_thread():
-            self.join()
 
 
 def _how(exitcode: int | None) -> str:

@@ -43,7 +43,7 @@ BATCH, ERROR, STOP, RESET_ACK, SKIPPED = 0, 1, 2, 3, 4
 # Task kinds, main -> worker.
 TASK, RESET = 0, 1
 
-_PARENT_POLL_S = 1.0
+_PARENT_POLL_S = 0.5
 _EPOCH_MIX = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
 

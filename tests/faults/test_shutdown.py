@@ -48,11 +48,17 @@ ACTIONS = {
 }
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _gone(pids: list[int], within: float) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-        if not alive:
+        if not any(_alive(p) for p in pids):
             return True
         time.sleep(0.05)
     return False
@@ -80,8 +86,9 @@ def test_workers_do_not_outlive_the_main_process(how: str, persistent: bool) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # orderly ends stop workers at once; a killed main leaves them to notice within ~1 s
-    assert _gone(pids, 5.0), f"workers {pids} outlived the main process ({how})"
+    # orderly ends stop workers at once; a killed main leaves them to notice within ~0.5 s
+    # (the bound is generous: this machine is shared and can be slow to schedule them)
+    assert _gone(pids, 10.0), f"workers {pids} outlived the main process ({how})"
     assert not [n for n in os.listdir("/dev/shm") if str(proc.pid) in n or "loadtune" in n]
 
 
