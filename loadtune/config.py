@@ -1,0 +1,181 @@
+"""LoaderConfig: the settings loadtune measures and tunes; reading, writing and applying them.
+
+A config file is flat: the top-level keys are the LoaderConfig fields; a ``measurement``
+section (written by autotune) is kept but not needed to apply the file. JSON and TOML are
+both read and written; the suffix decides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["LoaderConfig", "apply", "read", "write"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderConfig:
+    """The five settings of a DataLoader that loadtune measures and tunes.
+
+    ``prefetch_factor`` is None exactly when ``num_workers`` is 0, and
+    ``persistent_workers`` is False then, as torch requires.
+
+    Example:
+        >>> LoaderConfig(num_workers=4, batch_size=64).prefetch_factor
+        2
+    """
+
+    num_workers: int = 0
+    prefetch_factor: int | None = None
+    batch_size: int | None = 1
+    pin_memory: bool = False
+    persistent_workers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.num_workers == 0:
+            object.__setattr__(self, "prefetch_factor", None)
+            object.__setattr__(self, "persistent_workers", False)
+        elif self.prefetch_factor is None:
+            object.__setattr__(self, "prefetch_factor", 2)
+        elif self.prefetch_factor < 1:
+            raise ConfigError(f"prefetch_factor must be >= 1, got {self.prefetch_factor}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> LoaderConfig:
+        """Build from a dict; unknown keys other than ``measurement`` are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names - {"measurement"})
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        values = {k: data[k] for k in names if k in data}
+        for key in ("num_workers", "prefetch_factor", "batch_size"):
+            if values.get(key) is not None and not isinstance(values[key], int):
+                raise ConfigError(f"{source}: {key} must be an integer, got {values[key]!r}")
+        for key in ("pin_memory", "persistent_workers"):
+            if key in values and not isinstance(values[key], bool):
+                raise ConfigError(f"{source}: {key} must be true or false, got {values[key]!r}")
+        return cls(**values)
+
+    @classmethod
+    def from_loader(cls, loader: Any) -> LoaderConfig:
+        """The settings a torch or loadtune DataLoader was built with."""
+        return cls(
+            num_workers=loader.num_workers,
+            prefetch_factor=loader.prefetch_factor,
+            batch_size=loader.batch_size,
+            pin_memory=loader.pin_memory,
+            persistent_workers=loader.persistent_workers,
+        )
+
+    def with_(self, **changes: Any) -> LoaderConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    """TOML for a flat dict plus one level of tables (None values are left out)."""
+    out = [
+        f"{k} = {_toml_value(v)}"
+        for k, v in data.items()
+        if v is not None and not isinstance(v, dict)
+    ]
+    for name, table in data.items():
+        if isinstance(table, dict):
+            out.append("")
+            out.append(f"[{name}]")
+            out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
+    return "\n".join(out) + "\n"
+
+
+def read(path: str | os.PathLike) -> tuple[LoaderConfig, dict[str, Any]]:
+    """Read a config file; return the config and the raw data (``measurement`` included).
+
+    Raises:
+        ConfigError: a missing or unreadable file, bad syntax or a bad value; the message
+            names the file.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(p)!r}: {exc.strerror}") from exc
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"config {str(p)!r} is not valid {p.suffix[1:] or 'JSON'}: {exc}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {str(p)!r} must hold a table of settings")
+    return LoaderConfig.from_dict(data, source=f"config {str(p)!r}"), data
+
+
+def write(
+    config: LoaderConfig, path: str | os.PathLike, extra: dict[str, Any] | None = None
+) -> None:
+    """Write a config file (JSON, or TOML for a ``.toml`` suffix) atomically."""
+    p = Path(path)
+    data = {**config.to_dict(), **(extra or {})}
+    text = _to_toml(data) if p.suffix == ".toml" else json.dumps(data, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def apply(config: LoaderConfig | str | os.PathLike, loader: Any) -> Any:
+    """The user's loader rebuilt with a config's settings; everything else is kept.
+
+    Args:
+        config: A LoaderConfig or the path of a config file (JSON or TOML).
+        loader: A torch or loadtune DataLoader.
+
+    Returns:
+        A new loader of the same class as ``loader``.
+
+    Example:
+        >>> import torch
+        >>> from loadtune import LoaderConfig, apply
+        >>> loader = torch.utils.data.DataLoader(torch.arange(8), batch_size=2)
+        >>> apply(LoaderConfig(num_workers=0, batch_size=4), loader).batch_size
+        4
+    """
+    from .targets import clone
+
+    if not isinstance(config, LoaderConfig):
+        config, _ = read(config)
+    return clone(loader, config)

@@ -1,0 +1,255 @@
+"""profile(): run a loader under the probes and save what was seen as a ProfileResult.
+
+One sampler thread drives every probe (NOTE [ Probe contract ] in probes/base.py): the
+probes start when the steady window opens (after the first batch and the warm-up, so
+worker start-up is measured apart as time to first batch) and stop when it closes, while
+the workers are still alive.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from probes.base import Probe, ProbeResult, Watch
+
+from . import system
+from .errors import UsageError
+from .measure import Step, make_step, time_window
+from .results import Measurement, ProfileResult, save
+from .targets import resolve
+
+__all__ = ["DEFAULT_PROBES", "make_probes", "profile"]
+
+DEFAULT_PROBES = ("stages", "cpu", "io", "memory", "numa", "gpu", "pyspy")
+
+
+def make_probes(names: Sequence[str]) -> list[Probe]:
+    """Instances of the named probes (imported only when asked for)."""
+    from probes.cpu import CpuProbe
+    from probes.gpu import GpuProbe
+    from probes.io import IoProbe
+    from probes.memory import MemoryProbe
+    from probes.numa import NumaProbe
+    from probes.pyspy import PySpyProbe
+    from probes.stages import StagesProbe
+
+    known: dict[str, Callable[[], Probe]] = {
+        "stages": StagesProbe,
+        "cpu": CpuProbe,
+        "io": IoProbe,
+        "memory": MemoryProbe,
+        "numa": NumaProbe,
+        "gpu": GpuProbe,
+        "pyspy": PySpyProbe,
+    }
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"unknown probe(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n]() for n in names]
+
+
+class _Sampler(threading.Thread):
+    """Calls every probe's ``sample(now)`` every ``interval`` seconds until stopped."""
+
+    def __init__(self, probes: list[Probe], interval: float) -> None:
+        super().__init__(name="loadtune-probe-sampler", daemon=True)
+        self.probes = probes
+        self.interval = interval
+        self.failed: dict[str, str] = {}
+        self._done = threading.Event()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for probe in self.probes:
+            if probe.name in self.failed:
+                continue
+            try:
+                probe.sample(now)
+            except Exception as exc:  # a broken probe is reported, and the others go on
+                self.failed[probe.name] = f"failed while sampling: {type(exc).__name__}: {exc}"
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.tick()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+        self.tick()  # one last reading at the end of the window
+
+
+def _worker_pids(it: Any) -> list[int]:
+    pids = []
+    for worker in getattr(it, "_workers", None) or []:
+        pid = getattr(worker, "pid", None)
+        if pid is not None:
+            pids.append(pid)
+    return pids
+
+
+def profile(
+    target: Any,
+    *,
+    batches: int | None = 200,
+    seconds: float | None = None,
+    warmup: int = 5,
+    step_ms: float | None = None,
+    step: Step = None,
+    probes: Sequence[str] = DEFAULT_PROBES,
+    interval: float = 0.1,
+    out_dir: str | os.PathLike | None = None,
+    backend: str = "auto",
+    shuffle: bool = False,
+    **overrides: Any,
+) -> ProfileResult:
+    """Profile a loader: throughput, stall, every probe, and the diagnosis.
+
+    Args:
+        target: A DataLoader, Dataset or callable, or a TARGET string (see targets.resolve).
+        batches: Batches in the measured window (None: use ``seconds``).
+        seconds: Length of the measured window instead of (or as well as) ``batches``.
+        warmup: Batches taken before the window opens.
+        step_ms: Simulated training step per batch, in milliseconds.
+        step: A callable run on every batch instead (the real training step).
+        probes: Which probes to run.
+        interval: Seconds between probe samples.
+        out_dir: If given, ``profile.json``, ``trace.json`` and the speedscope file go here.
+        backend, shuffle, **overrides: As in :func:`loadtune.targets.resolve`.
+
+    Returns:
+        The ProfileResult (also saved as ``out_dir/profile.json`` when out_dir is given).
+
+    Example:
+        >>> import torch
+        >>> from loadtune import DataLoader, profile
+        >>> data = torch.utils.data.TensorDataset(torch.zeros(256, 4))
+        >>> result = profile(DataLoader(data, batch_size=8), batches=10, probes=["stages"])
+        >>> result.measurement.window_batches
+        10
+    """
+    factory = resolve(target, backend=backend, shuffle=shuffle, **overrides)
+    loader = factory()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    events = getattr(loader, "events", None)
+    if events is not None:
+        events.clear()
+    holder: dict[str, Any] = {}
+    options: dict[str, Any] = {"wait_times": []}
+    if out is not None:
+        options["pyspy_out"] = str(out / "profile.speedscope.json")
+    watch = Watch(
+        main_pid=os.getpid(),
+        worker_pids=lambda: _worker_pids(holder.get("it")),
+        events=events,
+        options=options,
+    )
+    instances = make_probes(probes)
+    sampler = _Sampler(instances, interval)
+    results: dict[str, ProbeResult] = {}
+
+    def on_first_batch(batch: Any) -> None:
+        options["sample_batch"] = batch
+
+    def on_window_start() -> None:
+        for probe in instances:
+            try:
+                probe.start(watch)
+            except Exception as exc:  # reported as unavailable, never a made-up number
+                sampler.failed[probe.name] = f"failed to start: {type(exc).__name__}: {exc}"
+        sampler.tick()
+        sampler.start()
+
+    def on_window_end(run: Any) -> None:
+        options["wait_times"].extend(run.waits)
+        sampler.stop()
+        for probe in instances:
+            if probe.name in sampler.failed:
+                results[probe.name] = ProbeResult.unavailable(
+                    probe.name, sampler.failed[probe.name]
+                )
+            else:
+                results[probe.name] = probe.stop()
+
+    run = time_window(
+        loader,
+        batches=batches,
+        seconds=seconds,
+        warmup=warmup,
+        step=make_step(step_ms, step),
+        on_iter=lambda it: holder.__setitem__("it", it),
+        on_first_batch=on_first_batch,
+        on_window_start=on_window_start,
+        on_window_end=on_window_end,
+    )
+    options.pop("sample_batch", None)
+    if run.window_batches == 0:
+        raise UsageError(
+            f"the loader ended during warm-up ({warmup} batches): nothing was measured; "
+            "use fewer warm-up batches or a larger dataset"
+        )
+    rate = run.samples_per_s
+    measurement = Measurement(
+        samples_per_s=rate,
+        samples_per_s_min=rate,
+        samples_per_s_max=rate,
+        batches_per_s=run.window_batches / run.window_s,
+        repeats=1,
+        window_batches=run.window_batches,
+        warmup_batches=warmup,
+        time_to_first_batch_s=run.time_to_first_batch_s,
+        stall_fraction=run.stall_fraction,
+        overall_samples_per_s=run.total_samples / run.total_s if run.total_s > 0 else None,
+    )
+    step_text = f"{step_ms:g} ms" if step_ms else getattr(step, "__qualname__", None)
+    result = ProfileResult(
+        target=factory.target,
+        backend=factory.backend,
+        config=factory.baseline,
+        machine=system.collect(),
+        measurement=measurement,
+        probes=results,
+        step=step_text,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    from .diagnose import diagnose
+
+    result = _with(result, diagnosis=diagnose(result))
+    if out is not None:
+        result = _write_artifacts(result, out, events)
+    return result
+
+
+def _with(result: ProfileResult, **changes: Any) -> ProfileResult:
+    from dataclasses import replace
+
+    return replace(result, **changes)
+
+
+def _write_artifacts(result: ProfileResult, out: Path, events: Any) -> ProfileResult:
+    artifacts = dict(result.artifacts)
+    if events is not None and len(events):
+        from probes.stages import export_chrome_trace
+
+        export_chrome_trace(list(events), out / "trace.json")
+        artifacts["trace"] = "trace.json"
+    speedscope = results_detail(result, "pyspy", "speedscope")
+    if speedscope:
+        artifacts["speedscope"] = os.path.relpath(speedscope, out)
+    artifacts["profile"] = "profile.json"
+    result = _with(result, artifacts=artifacts)
+    save(result, out / "profile.json")
+    return result
+
+
+def results_detail(result: ProfileResult, probe: str, key: str) -> Any:
+    """A probe's detail entry, or None when the probe did not run or has none."""
+    found = result.probes.get(probe)
+    return found.detail.get(key) if found is not None and found.available else None
