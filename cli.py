@@ -54,6 +54,98 @@ def _sysinfo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _add_loader_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "loader (a Dataset target is wrapped with these; others are overridden)"
+    )
+    g.add_argument("--batch-size", type=_positive_int, help="samples per batch")
+    g.add_argument("--num-workers", type=_positive_int, help="worker processes")
+    g.add_argument("--prefetch-factor", type=_positive_int, help="batches in flight per worker")
+    g.add_argument("--shuffle", action="store_true", help="shuffle a Dataset target")
+    g.add_argument(
+        "--backend",
+        choices=("auto", "loadtune", "torch"),
+        default="auto",
+        help="whose DataLoader runs: the target's own (auto), or rebuilt as loadtune's or torch's",
+    )
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from loadtune.profiling import DEFAULT_PROBES, profile
+    from loadtune.targets import load_object
+    from reports import terminal
+
+    step = load_object(args.step) if args.step else None
+    if step is not None and not callable(step):
+        raise UsageError(f"--step {args.step!r} is a {type(step).__name__}, not a callable")
+    probes = (
+        [p.strip() for p in args.probes.split(",") if p.strip()] if args.probes else DEFAULT_PROBES
+    )
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting the loader", total=args.batches)
+
+        def progress(phase: str, done: int) -> None:
+            if phase == "window":
+                bar.update(task, description="measuring", completed=done)
+            elif phase == "start":
+                bar.update(task, description="warming up")
+
+        result = profile(
+            args.target,
+            batches=args.batches,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            step_ms=args.step_ms,
+            step=step,
+            probes=probes,
+            interval=args.interval,
+            out_dir=args.out,
+            backend=args.backend,
+            shuffle=args.shuffle,
+            progress=progress,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            prefetch_factor=args.prefetch_factor,
+        )
+    if not args.no_terminal:
+        Console().print(terminal.render(result))
+    print(
+        f"wrote {args.out}/profile.json"
+        + (f", {args.out}/trace.json" if "trace" in result.artifacts else "")
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(
@@ -65,6 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("sysinfo", help="print cores, memory, /dev/shm, NUMA nodes, torch and CUDA")
     p.set_defaults(func=_sysinfo)
+
+    p = sub.add_parser(
+        "profile",
+        help="measure a loader: throughput, stall, where the time goes, the bottleneck",
+        description="Run TARGET's loader under the probes and name what holds it back.",
+    )
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help="path/to/file.py:name or package.module:name: a DataLoader, a Dataset, or a "
+        "callable returning one",
+    )
+    p.add_argument("--batches", type=_positive_int, default=200, help="batches to measure")
+    p.add_argument("--seconds", type=_positive_float, help="measure for this long instead")
+    p.add_argument("--warmup", type=_positive_int, default=5, help="batches before measuring")
+    p.add_argument("--step-ms", type=_positive_float, help="simulated training step per batch")
+    p.add_argument("--step", metavar="MODULE:FN", help="a function called on every batch")
+    p.add_argument("--probes", help="comma-separated probes (default: all)")
+    p.add_argument("--interval", type=_positive_float, default=0.1, help="seconds between samples")
+    p.add_argument("--out", default="loadtune-out", help="folder for profile.json and trace.json")
+    p.add_argument("--no-terminal", action="store_true", help="do not print the summary")
+    _add_loader_options(p)
+    p.set_defaults(func=_profile)
     return parser
 
 

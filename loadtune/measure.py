@@ -99,6 +99,7 @@ def time_window(
     on_first_batch: Callable[[Any], None] | None = None,
     on_window_start: Callable[[], None] | None = None,
     on_window_end: Callable[[WindowRun], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> WindowRun:
     """Iterate ``loader`` once: first batch, ``warmup`` batches, then the window.
 
@@ -158,6 +159,8 @@ def time_window(
             if step is not None:
                 step(batch)
             del batch
+            if on_batch is not None:
+                on_batch(run.window_batches)
     except StopIteration:
         run.exhausted = True
     end = time.monotonic()

@@ -106,6 +106,7 @@ def profile(
     out_dir: str | os.PathLike | None = None,
     backend: str = "auto",
     shuffle: bool = False,
+    progress: Callable[[str, int], None] | None = None,
     **overrides: Any,
 ) -> ProfileResult:
     """Profile a loader: throughput, stall, every probe, and the diagnosis.
@@ -120,6 +121,7 @@ def profile(
         probes: Which probes to run.
         interval: Seconds between probe samples.
         out_dir: If given, ``profile.json``, ``trace.json`` and the speedscope file go here.
+        progress: Called with (phase, batches measured so far): "start", "window", "done".
         backend, shuffle, **overrides: As in :func:`loadtune.targets.resolve`.
 
     Returns:
@@ -135,6 +137,8 @@ def profile(
     """
     factory = resolve(target, backend=backend, shuffle=shuffle, **overrides)
     loader = factory()
+    if progress is not None:
+        progress("start", 0)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +192,10 @@ def profile(
         on_first_batch=on_first_batch,
         on_window_start=on_window_start,
         on_window_end=on_window_end,
+        on_batch=(lambda n: progress("window", n)) if progress is not None else None,
     )
+    if progress is not None:
+        progress("done", run.window_batches)
     options.pop("sample_batch", None)
     if run.window_batches == 0:
         raise UsageError(

@@ -34,7 +34,7 @@ import torch.utils.data as tud
 from .config import LoaderConfig
 from .errors import TargetError
 
-__all__ = ["LoaderFactory", "clone", "resolve"]
+__all__ = ["LoaderFactory", "clone", "load_object", "resolve"]
 
 BACKENDS = ("auto", "loadtune", "torch")
 
@@ -46,7 +46,8 @@ def _import_ours() -> None:
             importlib.import_module(name)
 
 
-def _load_object(target: str) -> Any:
+def load_object(target: str) -> Any:
+    """The object that ``file.py:name`` or ``package.module:name`` names (else TargetError)."""
     if ":" not in target:
         raise TargetError(
             f"TARGET must look like path/to/file.py:name or package.module:name, got {target!r}"
@@ -253,7 +254,7 @@ def resolve(
         raise TargetError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     name = target if isinstance(target, str) else _describe(target)
-    obj = _load_object(target) if isinstance(target, str) else target
+    obj = load_object(target) if isinstance(target, str) else target
     kind = "loader" if _is_loader(obj) else "dataset" if _is_dataset(obj) else None
     if kind is None and callable(obj) and not isinstance(obj, type):
         made = obj(**_accepted(obj, overrides))
