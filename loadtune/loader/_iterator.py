@@ -312,11 +312,11 @@ class MultiProcessIter(_BaseIter):
         self._worker_init_fn = loader.worker_init_fn
         self._maps = BlockMaps()
         self._workers: list[WorkerHandle] = []
-        self._shut = False
         self._pool = Pool()
         self._workers = self._pool.workers
         self._poller = Poller()
         self._receiver: Receiver | None = None
+        self._shut = False  # from here on, _shutdown has everything it needs
         _preload_numpy_random()
         self._begin_epoch(loader, first=True)
         _register(self)
@@ -755,7 +755,7 @@ class MultiProcessIter(_BaseIter):
 
     def _shutdown(self) -> None:
         """Stop every worker; see NOTE [ Loader shutdown ]. Idempotent."""
-        if self._shut:
+        if getattr(self, "_shut", True):  # done already, or __init__ failed before workers
             return
         self._shut = True
         if self._receiver is not None:
