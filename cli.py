@@ -95,7 +95,7 @@ def _profile(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from loadtune.profiling import DEFAULT_PROBES, profile
-    from loadtune.targets import load_object
+    from loadtune.targets import load_object, resolve
     from reports import terminal
 
     step = load_object(args.step) if args.step else None
@@ -104,6 +104,15 @@ def _profile(args: argparse.Namespace) -> int:
     probes = (
         [p.strip() for p in args.probes.split(",") if p.strip()] if args.probes else DEFAULT_PROBES
     )
+    # resolve first, so that a bad TARGET is one line before anything else is printed
+    factory = resolve(
+        args.target,
+        backend=args.backend,
+        shuffle=args.shuffle,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        prefetch_factor=args.prefetch_factor,
+    )
     err = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
@@ -111,6 +120,7 @@ def _profile(args: argparse.Namespace) -> int:
         MofNCompleteColumn(),
         console=err,
         transient=True,
+        disable=not err.is_terminal,
     ) as bar:
         task = bar.add_task("starting the loader", total=args.batches)
 
@@ -121,7 +131,7 @@ def _profile(args: argparse.Namespace) -> int:
                 bar.update(task, description="warming up")
 
         result = profile(
-            args.target,
+            factory,
             batches=args.batches,
             seconds=args.seconds,
             warmup=args.warmup,
@@ -133,9 +143,6 @@ def _profile(args: argparse.Namespace) -> int:
             backend=args.backend,
             shuffle=args.shuffle,
             progress=progress,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            prefetch_factor=args.prefetch_factor,
         )
     if not args.no_terminal:
         Console().print(terminal.render(result))

@@ -233,7 +233,8 @@ def resolve(
     """A LoaderFactory for a TARGET string or a loader / dataset / callable object.
 
     Args:
-        target: ``"path/to/file.py:name"``, ``"package.module:name"``, or the object itself.
+        target: ``"path/to/file.py:name"``, ``"package.module:name"``, the object itself, or
+            a LoaderFactory (returned as it is).
         backend: ``"auto"`` profiles a loader as it is (a dataset gets loadtune's loader);
             ``"loadtune"`` or ``"torch"`` rebuilds with that class.
         shuffle: For a dataset target: build the loader with ``shuffle=True``.
@@ -250,6 +251,8 @@ def resolve(
         >>> factory.kind, factory.baseline.batch_size
         ('dataset', 4)
     """
+    if isinstance(target, LoaderFactory):
+        return target
     if backend not in BACKENDS:
         raise TargetError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
