@@ -179,6 +179,12 @@ def clone(
         kwargs["on_worker_death"] = loader.on_worker_death
         kwargs["max_worker_restarts"] = loader.max_worker_restarts
         kwargs["min_available_memory"] = loader.min_available_memory
+        kwargs["numa"] = loader.numa
+        kwargs["device"] = loader.device
+        kwargs["on_error"] = loader._error_policy.on_error
+        kwargs["max_retries"] = loader._error_policy.max_retries
+        kwargs["retry_backoff"] = loader._error_policy.backoff
+        kwargs["retry_exhausted"] = loader._error_policy.retry_exhausted
     return cls(loader.dataset, **kwargs)
 
 

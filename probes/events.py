@@ -41,6 +41,9 @@ class BatchEvent:
         samples: Number of samples in the batch (1 without automatic batching).
         pack: Seconds the worker spent putting the batch into shared memory.
         unpack: Seconds the main process spent turning it back into tensors.
+        pin: Seconds spent copying it into page-locked memory (0 when not pinned).
+        to_device: Seconds the side-stream copy to the device took (CUDA event timing), or
+            None when there was no device copy or it had not finished when handed out.
     """
 
     epoch: int
@@ -59,6 +62,8 @@ class BatchEvent:
     samples: int
     pack: float
     unpack: float
+    pin: float = 0.0
+    to_device: float | None = None
 
     @property
     def fetch(self) -> float:
@@ -82,7 +87,10 @@ class BatchEvent:
     @classmethod
     def from_dict(cls, data: dict) -> BatchEvent:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+        optional = {"pin", "to_device"}
+        return cls(
+            **{f: data[f] for f in cls.__dataclass_fields__ if f in data or f not in optional}
+        )
 
 
 class EventLog:

@@ -44,7 +44,7 @@ from ..errors import DataLoadingError, LoaderTimeoutError, WorkerCrashError
 from . import _resume
 from . import _worker as W
 from ._fetch import Empty, make_fetcher
-from ._pin import Receiver, pin
+from ._pin import Receiver, finish_copy, map_tensors, pin
 from ._pipes import (
     DEAD,
     FAILED,
@@ -65,6 +65,40 @@ _POLL_S = 1.0
 _JOIN_S = 2.0
 _BALANCED_DEPTH = 2
 _MEM_CHECK_S = 0.25
+
+
+def _plan_affinity(mode: str | None, num_workers: int) -> list[set[int]] | None:
+    """The CPU set of each worker for ``numa="spread"|"compact"`` (see probes.numa)."""
+    if mode is None:
+        return None
+    from probes.numa import plan_affinity, read_topology
+
+    return plan_affinity(read_topology(), num_workers, mode)
+
+
+def _resolve_device(device: Any) -> torch.device | None:
+    """The CUDA device batches go to, or None (with a warning when CUDA is missing)."""
+    if device is None:
+        return None
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return None
+    if dev.type != "cuda":
+        raise ValueError(f"device should be a CUDA device or None, but got device={device!r}")
+    if not torch.cuda.is_available():
+        reason = (
+            f"torch {torch.__version__} was built without CUDA"
+            if not torch.backends.cuda.is_built()
+            else "no CUDA device is visible"
+        )
+        warnings.warn(
+            f"device={str(device)!r} was asked for but CUDA is not available ({reason}); "
+            "batches stay on the CPU",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        return None
+    return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
 def _preload_numpy_random() -> None:
@@ -138,6 +172,9 @@ class _BaseIter:
                 "device pinned memory won't be used.",
                 stacklevel=3,
             )
+        self._device = _resolve_device(loader.device)
+        if self._device is not None and self._pin_device is None:
+            self._pin_device = self._device.type  # a device copy starts from pinned memory
         self._timeout = loader.timeout
         self._collate_fn = loader.collate_fn
         self._persistent = loader.persistent_workers
@@ -266,6 +303,9 @@ class SingleProcessIter(_BaseIter):
         collate_end = time.monotonic()
         if self._pin_device is not None:
             data = pin(data, self._pin_device)
+        pinned = time.monotonic()
+        if self._device is not None:  # no thread to overlap with here: a plain copy
+            data = map_tensors(data, lambda t: t.to(self._device))
         taken = time.monotonic()
         self._events.append(
             BatchEvent(
@@ -285,6 +325,8 @@ class SingleProcessIter(_BaseIter):
                 samples=count,
                 pack=0.0,
                 unpack=0.0,
+                pin=pinned - collate_end,
+                to_device=taken - pinned if self._device is not None else None,
             )
         )
         self._batch += 1
@@ -316,6 +358,7 @@ class MultiProcessIter(_BaseIter):
         self._workers = self._pool.workers
         self._poller = Poller()
         self._receiver: Receiver | None = None
+        self._affinity = _plan_affinity(loader.numa, self._num_workers)
         self._shut = False  # from here on, _shutdown has everything it needs
         _preload_numpy_random()
         self._begin_epoch(loader, first=True)
@@ -324,7 +367,7 @@ class MultiProcessIter(_BaseIter):
             for worker_id in range(self._num_workers):
                 self._workers.append(self._start_worker(worker_id))
             if self._pin_device is not None or loader._pin_thread:
-                self._receiver = Receiver(self._pool, self._maps, self._pin_device)
+                self._receiver = Receiver(self._pool, self._maps, self._pin_device, self._device)
                 self._receiver.start()
         except BaseException:
             self._shutdown()
@@ -352,6 +395,7 @@ class MultiProcessIter(_BaseIter):
             keep_blocks=1,
             policy=self._policy,
             dataset_state=self._ds_states.get(str(worker_id)) if self._iterable else None,
+            cpus=tuple(sorted(self._affinity[worker_id])) if self._affinity else None,
         )
         process = ctx.Process(
             target=W.worker_loop,
@@ -554,7 +598,16 @@ class MultiProcessIter(_BaseIter):
         if kind == W.BATCH:
             self._failures.extend(header[12])
         error = header[3] if kind == W.ERROR else None
-        self._ready[seq] = Item(worker, header, msg.data, error, msg.ready, msg.ready - msg.start)
+        self._ready[seq] = Item(
+            worker,
+            header,
+            msg.data,
+            error,
+            msg.ready,
+            msg.ready - msg.start - msg.pin,
+            msg.pin,
+            msg.copy_events,
+        )
         self._arrivals.append(seq)
         if self._balanced:
             self._fill()  # the worker that answered may take the next task now
@@ -592,6 +645,7 @@ class MultiProcessIter(_BaseIter):
         if item.error is not None:
             self._raise(item.error)
         h = item.header
+        to_device = finish_copy(item.data, item.copy_events) if item.copy_events else None
         self._mark_done(seq)
         if h[13] is not None:
             self._ds_states[str(item.worker.id)] = h[13]
@@ -613,6 +667,8 @@ class MultiProcessIter(_BaseIter):
                 samples=h[11],
                 pack=h[9] - h[8],
                 unpack=item.unpack,
+                pin=item.pin,
+                to_device=to_device,
             )
         )
         self._count_yield()

@@ -63,7 +63,7 @@ class WorkerHandle:
 class Item:
     """A received answer to one task, waiting to be handed out in order."""
 
-    __slots__ = ("data", "error", "header", "ready", "unpack", "worker")
+    __slots__ = ("copy_events", "data", "error", "header", "pin", "ready", "unpack", "worker")
 
     def __init__(
         self,
@@ -73,6 +73,8 @@ class Item:
         error: Any,
         ready: float,
         unpack: float,
+        pin: float = 0.0,
+        copy_events: Any = None,
     ):
         self.worker = worker
         self.header = header
@@ -80,6 +82,8 @@ class Item:
         self.error = error
         self.ready = ready
         self.unpack = unpack
+        self.pin = pin
+        self.copy_events = copy_events
 
 
 MISSING = object()
@@ -91,7 +95,7 @@ FAILED = -3
 class Msg:
     """One decoded message from a worker (or news of its death)."""
 
-    __slots__ = ("data", "header", "kind", "ready", "start", "worker")
+    __slots__ = ("copy_events", "data", "header", "kind", "pin", "ready", "start", "worker")
 
     def __init__(
         self, kind: int, worker: Any, header: tuple, data: Any, start: float, ready: float
@@ -102,6 +106,8 @@ class Msg:
         self.data = data
         self.start = start
         self.ready = ready
+        self.pin = 0.0  # seconds spent pinning (pin-memory thread)
+        self.copy_events: Any = None  # (start, end) CUDA events of the side-stream copy
 
 
 class Pool:

@@ -65,6 +65,7 @@ class WorkerSpec:
     keep_blocks: int
     policy: ErrorPolicy
     dataset_state: Any = None  # resume: an IterableDataset's state to load before iter()
+    cpus: tuple[int, ...] | None = None  # numa="spread"|"compact": the CPUs to run on
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,8 @@ def worker_loop(spec: WorkerSpec, tasks: Connection, results: Connection, states
     """
     # Ctrl-C goes to the whole process group; the main process decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.cpus is not None:
+        os.sched_setaffinity(0, spec.cpus)
     torch.set_num_threads(1)
     seed = seed_worker(spec.base_seed, spec.worker_id)
     _torch_worker._worker_info = _torch_worker.WorkerInfo(

@@ -16,6 +16,7 @@ import weakref
 from typing import Any, TypeVar
 
 import psutil
+import torch
 import torch.utils.data
 
 from probes.events import EventLog
@@ -83,6 +84,13 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             total when < 1, else bytes; None turns it off) the loader keeps one batch in
             flight per worker instead of ``prefetch_factor``, instead of being killed by the
             OOM killer, and says so once with a RuntimeWarning.
+        numa: Pin worker processes to CPUs: ``"spread"`` puts workers round-robin on the
+            NUMA nodes (each may run on any CPU of its node), ``"compact"`` fills node 0's
+            CPUs first, one CPU per worker (see ``probes.numa.plan_affinity``).
+        device: A CUDA device (``"cuda"``, ``"cuda:1"``): each batch is pinned and copied
+            to it on a side stream by the pin-memory thread while the current batch is in
+            use; the consumer's stream waits for the copy before the batch is handed out.
+            Without CUDA a RuntimeWarning says so and batches stay on the CPU.
 
     Raises:
         ValueError, TypeError: Exactly where torch's DataLoader raises them, plus
@@ -125,6 +133,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         on_worker_death: str = "restart",
         max_worker_restarts: int = 8,
         min_available_memory: float | None = 0.05,
+        numa: str | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         _check_choice("dispatch", dispatch, _DISPATCH)
         _check_choice("on_error", on_error, ON_ERROR)
@@ -141,6 +151,12 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
                 f"(>= 1) or None, but got min_available_memory={min_available_memory}"
             )
         self.min_available_memory = min_available_memory
+        if numa not in (None, "spread", "compact"):
+            raise ValueError(f"numa should be None, 'spread' or 'compact', but got numa={numa!r}")
+        self.numa = numa
+        if device is not None and torch.device(device).type not in ("cpu", "cuda"):
+            raise ValueError(f"device should be a CUDA device or None, but got device={device!r}")
+        self.device = device
         self.on_worker_death = on_worker_death
         self.max_worker_restarts = max_worker_restarts
         self._error_policy = ErrorPolicy(on_error, max_retries, retry_backoff, retry_exhausted)
