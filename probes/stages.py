@@ -49,8 +49,9 @@ class StagesProbe:
     (how long the consumer was blocked in ``__next__``: the data stall). ``transport``
     includes the time a finished batch sat in its pipe until the main process read it, so
     behind a slow consumer it is large and costs nothing: it is on the critical path only
-    for batches that were waited for. Pin-memory time and host-to-device copy time are not
-    in BatchEvent, so the probe does not report them.
+    for batches that were waited for. ``pin`` (page-locking in the pin-memory thread) and
+    ``to_device`` (the side-stream copy, by CUDA event timing) are reported only for the
+    batches that had them, and absent otherwise, never zero-filled.
 
     Summary: ``batches``, ``samples``, ``window_s``, ``samples_per_s``, ``batches_per_s``,
     ``bytes_per_s``, ``stall_fraction`` (time blocked in ``__next__`` within the window,
@@ -228,6 +229,12 @@ def _events_result(
     summary["stall_fraction"] = _stall(((e.taken, e.wait) for e in events), t0, t1) / window
     for stage, of in STAGES.items():
         summary.update(_stats(stage, [of(e) for e in events]))
+    pinned = [e.pin for e in events if e.pin > 0]
+    if pinned:  # only batches that were pinned (pin_memory with an accelerator)
+        summary.update(_stats("pin", pinned))
+    copies = [e.to_device for e in events if e.to_device is not None]
+    if copies:  # only copies whose CUDA timing had finished when the batch was handed out
+        summary.update(_stats("to_device", copies))
 
     by_worker: dict[int, list[BatchEvent]] = {}
     for e in events:
