@@ -20,6 +20,8 @@ from .errors import (
     WorkerCrashError,
 )
 from .loader import DataLoader
+from .profiling import profile
+from .results import ProfileResult
 
 __version__ = "0.1.0"
 
@@ -32,8 +34,10 @@ __all__ = [
     "DataNotFoundError",
     "LoaderTimeoutError",
     "LoadtuneError",
+    "ProfileResult",
     "ResultFormatError",
     "TargetError",
     "UsageError",
     "WorkerCrashError",
+    "profile",
 ]
