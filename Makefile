@@ -17,8 +17,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+EXAMPLE := examples/jpeg_pipeline.py
 demo: $(VENV)/.installed
 	$(BIN)/python benchmarks/loader_vs_torch.py --quick
+	$(BIN)/loadtune profile $(EXAMPLE):loader --step $(EXAMPLE):train_step --batches 100 --out loadtune-out
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
