@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text
 from .errors import ConfigError
 
 __all__ = ["LoaderConfig", "apply", "read", "write"]
@@ -147,14 +147,7 @@ def write(
     p = Path(path)
     data = {**config.to_dict(), **(extra or {})}
     text = _to_toml(data) if p.suffix == ".toml" else json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text(p, text)
 
 
 def apply(config: LoaderConfig | str | os.PathLike, loader: Any) -> Any:

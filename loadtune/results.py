@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from probes.base import ProbeResult
 
+from .atomic import write_text
 from .config import LoaderConfig
 from .errors import ResultFormatError
 from .system import SystemInfo
@@ -251,16 +251,7 @@ _KINDS: dict[str, Any] = {"profile": ProfileResult}
 def save(result: Any, path: str | os.PathLike) -> Path:
     """Write a result as JSON, atomically (no half-written file is ever left)."""
     p = Path(path)
-    text = json.dumps(result.to_dict(), indent=1, default=_json_default)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return p
+    return write_text(p, json.dumps(result.to_dict(), indent=1, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

@@ -6,49 +6,16 @@ tests can point it at a fake tree (for instance a two-node NUMA machine).
 
 from __future__ import annotations
 
-import itertools
 import os
 import platform
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
+from probes.numa import format_cpulist, parse_cpulist, read_topology
+
 __all__ = ["NumaNode", "SystemInfo", "collect", "format_cpulist", "parse_cpulist"]
-
-
-def parse_cpulist(text: str) -> list[int]:
-    """Parse a sysfs CPU list such as ``"0-3,8,10-11"``.
-
-    Example:
-        >>> parse_cpulist("0-2,5")
-        [0, 1, 2, 5]
-    """
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = part.split("-")
-            cpus.extend(range(int(lo), int(hi) + 1))
-        else:
-            cpus.append(int(part))
-    return cpus
-
-
-def format_cpulist(cpus: Sequence[int]) -> str:
-    """The inverse of :func:`parse_cpulist`.
-
-    Example:
-        >>> format_cpulist([0, 1, 2, 5])
-        '0-2,5'
-    """
-    parts = []
-    for _, run in itertools.groupby(enumerate(sorted(cpus)), lambda p: p[1] - p[0]):
-        values = [c for _, c in run]
-        parts.append(f"{values[0]}-{values[-1]}" if len(values) > 1 else str(values[0]))
-    return ",".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +79,11 @@ def _cpu_model(root: Path) -> str:
 
 
 def _numa_nodes(root: Path) -> tuple[NumaNode, ...]:
-    base = root / "sys/devices/system/node"
-    nodes = []
-    for path in sorted(base.glob("node[0-9]*"), key=lambda p: int(p.name[4:])):
-        try:
-            cpus = tuple(parse_cpulist((path / "cpulist").read_text()))
-        except OSError:
-            continue
-        try:
-            distances = tuple(int(x) for x in (path / "distance").read_text().split())
-        except OSError:
-            distances = ()
-        nodes.append(NumaNode(int(path.name[4:]), cpus, distances))
-    return tuple(nodes)
+    """The nodes sysfs reports (none when it reports none; the numa probe says more)."""
+    topology = read_topology(root)
+    if not topology.from_sysfs:
+        return ()
+    return tuple(NumaNode(n.id, tuple(n.cpus), tuple(n.distances)) for n in topology.nodes)
 
 
 def _shm(root: Path) -> tuple[int | None, int | None]:

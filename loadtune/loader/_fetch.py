@@ -242,17 +242,9 @@ class MapFetcher(_Fetcher):
 class IterableFetcher(_Fetcher):
     """Fetch the next samples of an iterable dataset's stream."""
 
-    def __init__(
-        self,
-        dataset: Any,
-        auto_collation: bool,
-        collate_fn: Callable,
-        drop_last: bool,
-        policy: ErrorPolicy | None = None,
-        worker_id: int = -1,
-    ):
-        super().__init__(dataset, auto_collation, collate_fn, drop_last, policy, worker_id)
-        self._it: Iterator = iter(dataset)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._it: Iterator = iter(self.dataset)
         self.ended = False
 
     def _next(self) -> Any:
