@@ -181,6 +181,7 @@ def clone(
         kwargs["min_available_memory"] = loader.min_available_memory
         kwargs["numa"] = loader.numa
         kwargs["device"] = loader.device
+        kwargs["validate"] = loader.validate
         kwargs["on_error"] = loader._error_policy.on_error
         kwargs["max_retries"] = loader._error_policy.max_retries
         kwargs["retry_backoff"] = loader._error_policy.backoff

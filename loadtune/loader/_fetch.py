@@ -98,8 +98,10 @@ class _Fetcher:
         drop_last: bool,
         policy: ErrorPolicy | None = None,
         worker_id: int = -1,
+        validate: Callable[[Any], Any] | None = None,
     ):
         self.dataset = dataset
+        self.validate = validate
         self.auto_collation = auto_collation
         self.collate_fn = collate_fn
         self.drop_last = drop_last
@@ -148,6 +150,12 @@ class _Fetcher:
         """
         raise NotImplementedError
 
+    def _checked(self, sample: Any) -> Any:
+        """Run ``validate`` on a sample; what it raises is the sample's error."""
+        if self.validate is not None:
+            self.validate(sample)
+        return sample
+
     def _attempt(self, get: Callable[[], Any], index: Any) -> Any:
         """Call ``get`` under the retry policy; record and return _SKIP if it is skipped."""
         policy = self.policy
@@ -186,7 +194,7 @@ class MapFetcher(_Fetcher):
 
     def fetch(self, index: Any, arena: Arena | None = None) -> tuple[Any, int]:
         self.failures = []
-        if self.policy.on_error != "raise":
+        if self.policy.on_error != "raise" or self.validate is not None:
             return self._fetch_guarded(index, arena)
         dataset = self.dataset
         if self.auto_collation:
@@ -217,7 +225,7 @@ class MapFetcher(_Fetcher):
         """The skip/retry path: one sample at a time, so one bad sample costs only itself."""
         dataset = self.dataset
         if not self.auto_collation:
-            sample = self._attempt(lambda: dataset[index], index)
+            sample = self._attempt(lambda: self._checked(dataset[index]), index)
             if sample is _SKIP:
                 raise Empty
             self.fetch_end = time.monotonic()
@@ -226,11 +234,11 @@ class MapFetcher(_Fetcher):
         data = None
         if getitems:
             try:
-                data = getitems(index)
+                data = [self._checked(d) for d in getitems(index)]
             except Exception:
                 data = None  # find the bad samples one by one below
         if data is None:
-            data = [self._attempt(lambda i=i: dataset[i], i) for i in index]
+            data = [self._attempt(lambda i=i: self._checked(dataset[i]), i) for i in index]
             data = [d for d in data if d is not _SKIP]
         if not data:
             raise Empty
@@ -248,10 +256,10 @@ class IterableFetcher(_Fetcher):
         self.ended = False
 
     def _next(self) -> Any:
-        if self.policy.on_error == "raise":
+        if self.policy.on_error == "raise" and self.validate is None:
             return next(self._it)
         while True:  # a skipped sample is replaced by the stream's next one
-            sample = self._attempt(lambda: next(self._it), None)
+            sample = self._attempt(lambda: self._checked(next(self._it)), None)
             if sample is not _SKIP:
                 return sample
 
@@ -288,7 +296,8 @@ def make_fetcher(
     drop_last: bool,
     policy: ErrorPolicy | None = None,
     worker_id: int = -1,
+    validate: Callable[[Any], Any] | None = None,
 ) -> _Fetcher:
     """The fetcher for a dataset kind."""
     cls = IterableFetcher if iterable else MapFetcher
-    return cls(dataset, auto_collation, collate_fn, drop_last, policy, worker_id)
+    return cls(dataset, auto_collation, collate_fn, drop_last, policy, worker_id, validate)

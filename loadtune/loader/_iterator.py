@@ -181,6 +181,7 @@ class _BaseIter:
         self._events: EventLog = loader.events
         self._failures: list = loader.failures
         self._policy = loader._error_policy
+        self._validate = loader.validate
         self._finished = False
 
     def __iter__(self) -> _BaseIter:
@@ -267,6 +268,7 @@ class SingleProcessIter(_BaseIter):
             self._collate_fn,
             self._drop_last,
             self._policy,
+            validate=self._validate,
         )
         self._batch = 0
         for _ in range(self._skip_prefix):
@@ -396,6 +398,7 @@ class MultiProcessIter(_BaseIter):
             policy=self._policy,
             dataset_state=self._ds_states.get(str(worker_id)) if self._iterable else None,
             cpus=tuple(sorted(self._affinity[worker_id])) if self._affinity else None,
+            validate=self._validate,
         )
         process = ctx.Process(
             target=W.worker_loop,
@@ -722,9 +725,9 @@ class MultiProcessIter(_BaseIter):
             except Exception:
                 exc = None
             if exc is None:
-                exc = DataLoadingError(
-                    msg, index=info.index, worker_id=info.worker_id, pid=info.pid
-                )
+                exc = DataLoadingError(msg)
+        if isinstance(exc, DataLoadingError):  # ours: say where in attributes too
+            exc.index, exc.worker_id, exc.pid = info.index, info.worker_id, info.pid
         raise exc
 
     def _check_hung(self, now: float) -> None:

@@ -66,6 +66,7 @@ class WorkerSpec:
     policy: ErrorPolicy
     dataset_state: Any = None  # resume: an IterableDataset's state to load before iter()
     cpus: tuple[int, ...] | None = None  # numa="spread"|"compact": the CPUs to run on
+    validate: Any = None  # called on every sample; what it raises follows the policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,7 @@ def worker_loop(spec: WorkerSpec, tasks: Connection, results: Connection, states
             spec.drop_last,
             spec.policy,
             spec.worker_id,
+            spec.validate,
         )
 
     try:

@@ -91,6 +91,10 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             to it on a side stream by the pin-memory thread while the current batch is in
             use; the consumer's stream waits for the copy before the batch is handed out.
             Without CUDA a RuntimeWarning says so and batches stay on the CPU.
+        validate: Called on every sample in the worker, before collate; what it raises
+            (``loadtune.DataFormatError``, ``DataCorruptionError``, anything) is that
+            sample's error and follows ``on_error``: raised with the index, skipped and
+            counted in ``loader.failures``, or retried. Must pickle under ``spawn``.
 
     Raises:
         ValueError, TypeError: Exactly where torch's DataLoader raises them, plus
@@ -135,6 +139,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         min_available_memory: float | None = 0.05,
         numa: str | None = None,
         device: str | torch.device | None = None,
+        validate: Any = None,
     ) -> None:
         _check_choice("dispatch", dispatch, _DISPATCH)
         _check_choice("on_error", on_error, ON_ERROR)
@@ -157,6 +162,9 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if device is not None and torch.device(device).type not in ("cpu", "cuda"):
             raise ValueError(f"device should be a CUDA device or None, but got device={device!r}")
         self.device = device
+        if validate is not None and not callable(validate):
+            raise TypeError(f"validate should be a callable or None, but got {validate!r}")
+        self.validate = validate
         self.on_worker_death = on_worker_death
         self.max_worker_restarts = max_worker_restarts
         self._error_policy = ErrorPolicy(on_error, max_retries, retry_backoff, retry_exhausted)
