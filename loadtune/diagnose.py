@@ -13,7 +13,8 @@ Per batch, from the loader's events and the CPU probe:
 * ``u``:   the share of it spent on a CPU (worker CPU time over worker busy time),
 * ``D_s``: the main process's serial time per batch, ``(1 - stall) / batches_per_s``
   (the consumer's step plus the loader's own work in the main process),
-* ``K``:   cores usable by the process.
+* ``K``:   cores free for the loader: the usable cores minus what other processes on the
+           machine used during the profile (system CPU minus our own processes' CPU).
 
 With N workers the batch rate X(N) is bounded by the workers, by the cores and by the
 serial main process:
@@ -65,6 +66,7 @@ class Inputs:
     num_workers: int
     batch_size: int
     cores: int
+    free_cores: float  # cores left by processes other than the loader's (the model's K)
     stall: float
     batches_per_s: float
     samples_per_s: float
@@ -107,8 +109,12 @@ def inputs(result: ProfileResult) -> Inputs:
     idle = _get(result, "stages", "worker_idle_fraction_mean")
     per_worker_cpu = _get(result, "cpu", "workers_cpu_per_worker_pct")
     per_worker_wait = _get(result, "cpu", "workers_cpu_wait_pct")
+    if idle is None and per_worker_cpu is not None and per_worker_wait is not None:
+        # torch's loader, seen from outside: no events, so a worker's busy time is what it
+        # spent on a CPU or waiting for one (time blocked on I/O is then counted as idle)
+        idle = max(0.0, 1.0 - (per_worker_cpu + per_worker_wait) / 100.0)
     share = wait_share = None
-    if per_worker_cpu is not None and idle is not None and idle < 0.99:
+    if per_worker_cpu is not None and idle is not None and idle < 0.999:
         share = min(1.0, per_worker_cpu / 100.0 / (1.0 - idle))
         if per_worker_wait is not None:
             wait_share = min(1.0, per_worker_wait / 100.0 / (1.0 - idle))
@@ -122,10 +128,25 @@ def inputs(result: ProfileResult) -> Inputs:
         result, "gpu", "pinned_copy_s" if result.config.pin_memory else "pageable_copy_s"
     )
     cores = _get(result, "cpu", "cores") or result.machine.usable_cores
+    main_cpu = _get(result, "cpu", "main_cpu_pct")
+    window = _get(result, "cpu", "window_s")
+    sampler = result.overhead.get("sampler_cpu_s")
+    if main_cpu is not None and window and sampler is not None:
+        # the probes' sampler thread runs in the main process: its CPU is not the loader's
+        main_cpu = max(0.0, main_cpu - 100.0 * sampler / window)
+    free = float(cores)
+    system_cpu = _get(result, "cpu", "system_cpu_pct")
+    workers_cpu = _get(result, "cpu", "workers_cpu_pct")
+    if system_cpu is not None and workers_cpu is not None:
+        # other tenants' CPU: everything busy on the machine minus our own processes
+        ours = (workers_cpu + (_get(result, "cpu", "main_cpu_pct") or 0.0)) / 100.0
+        others = max(0.0, system_cpu / 100.0 * cores - ours)
+        free = max(1.0, cores - others)
     return Inputs(
         num_workers=result.config.num_workers,
         batch_size=result.config.batch_size or 1,
         cores=int(cores),
+        free_cores=free,
         stall=m.stall_fraction,
         batches_per_s=m.batches_per_s,
         samples_per_s=m.samples_per_s,
@@ -137,7 +158,7 @@ def inputs(result: ProfileResult) -> Inputs:
         worker_cpu_share=share,
         worker_cpu_wait_share=wait_share,
         worker_idle=idle,
-        main_cpu_pct=_get(result, "cpu", "main_cpu_pct"),
+        main_cpu_pct=main_cpu,
         read_bytes_per_s=_get(result, "io", "workers_read_bytes_per_s"),
         iowait_pct=_get(result, "io", "iowait_pct"),
         batch_bytes=batch_bytes,
@@ -342,7 +363,7 @@ def predict(i: Inputs, workers: range | None = None) -> tuple[tuple[PredictionPo
     for n in workers or range(1, top + 1):
         bounds = {
             "workers": n / d_w,
-            "cores": i.cores / (u * d_w + c_s) if (u * d_w + c_s) > 0 else float("inf"),
+            "cores": i.free_cores / (u * d_w + c_s) if (u * d_w + c_s) > 0 else float("inf"),
             "consumer": 1.0 / d_s if d_s > 0 else float("inf"),
         }
         bound = min(bounds, key=bounds.get)
@@ -361,6 +382,7 @@ def predict(i: Inputs, workers: range | None = None) -> tuple[tuple[PredictionPo
         "serial_s_per_batch": d_s,
         "main_cpu_s_per_batch": c_s,
         "cores": float(i.cores),
+        "free_cores": i.free_cores,
     }
     return tuple(points), model
 

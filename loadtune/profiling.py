@@ -62,9 +62,11 @@ class _Sampler(threading.Thread):
         self.probes = probes
         self.interval = interval
         self.failed: dict[str, str] = {}
+        self.cpu_s = 0.0  # CPU time the probes spent in this process (the sampler's cost)
         self._done = threading.Event()
 
     def tick(self) -> None:
+        cpu0 = time.thread_time()
         now = time.monotonic()
         for probe in self.probes:
             if probe.name in self.failed:
@@ -73,6 +75,7 @@ class _Sampler(threading.Thread):
                 probe.sample(now)
             except Exception as exc:  # a broken probe is reported, and the others go on
                 self.failed[probe.name] = f"failed while sampling: {type(exc).__name__}: {exc}"
+        self.cpu_s += time.thread_time() - cpu0
 
     def run(self) -> None:
         while not self._done.wait(self.interval):
@@ -168,6 +171,9 @@ def profile(
                 probe.start(watch)
             except Exception as exc:  # reported as unavailable, never a made-up number
                 sampler.failed[probe.name] = f"failed to start: {type(exc).__name__}: {exc}"
+
+    def on_clock_start() -> None:
+        # the probes' first sample opens their window: the same moment as the stopwatch's
         sampler.tick()
         sampler.start()
 
@@ -193,6 +199,8 @@ def profile(
         on_window_start=on_window_start,
         on_window_end=on_window_end,
         on_batch=(lambda n: progress("window", n)) if progress is not None else None,
+        settle=(loader.prefetch_factor or 0) * loader.num_workers,
+        on_clock_start=on_clock_start,
     )
     if progress is not None:
         progress("done", run.window_batches)
@@ -225,6 +233,7 @@ def profile(
         probes=results,
         step=step_text,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        overhead={"sampler_cpu_s": sampler.cpu_s},
     )
     from .diagnose import diagnose
 

@@ -58,6 +58,8 @@ class _Proc:
     rss: list[float] = field(default_factory=list)
     uss: list[float] = field(default_factory=list)  # empty when memory_full_info was denied
     pss: list[float] = field(default_factory=list)
+    full_t: list[float] = field(default_factory=list)  # times of the USS/PSS readings
+    full_rss: list[float] = field(default_factory=list)  # RSS at those times
     alive: bool = True
 
 
@@ -157,6 +159,8 @@ class MemoryProbe:
 
     def _reset(self) -> None:
         self._shm_path = str(self._watch.options.get("shm_path", "/dev/shm"))
+        self._full_interval = float(self._watch.options.get("memory_full_interval", 1.0))
+        self._last_full: float | None = None
         self._t0: float | None = None
         self._procs: dict[int, _Proc] = {}
         # Per sample: (t, total rss, total pss or None, workers' uss or None)
@@ -183,6 +187,12 @@ class MemoryProbe:
             self._available.append((t, float(psutil.virtual_memory().available)))
         except (OSError, psutil.Error):
             pass
+        # memory_full_info() walks every mapping (/proc/pid/smaps_rollup): milliseconds per
+        # process, so USS and PSS are read at most once per ``memory_full_interval`` seconds
+        # and plain RSS (cheap) at every sample; growth is fitted on the USS readings alone.
+        full = self._last_full is None or now - self._last_full >= self._full_interval
+        if full:
+            self._last_full = now
         listed = watched_pids(self._watch)
         seen = set(listed.values())
         for proc in self._procs.values():
@@ -191,7 +201,7 @@ class MemoryProbe:
         rss_sum, pss_sum, workers_uss = 0.0, 0.0, 0.0
         pss_complete, uss_complete, any_read, any_worker = True, True, False, False
         for role, pid in listed.items():
-            reading = self._read(role, pid, t)
+            reading = self._read(role, pid, t, full)
             if reading is None:
                 continue
             any_read = True
@@ -218,7 +228,7 @@ class MemoryProbe:
             )
 
     def _read(
-        self, role: str, pid: int, t: float
+        self, role: str, pid: int, t: float, full: bool = True
     ) -> tuple[float, float | None, float | None] | None:
         """(rss, uss, pss) of ``pid`` now, recorded; None when it is gone or unreadable."""
         proc = self._procs.get(pid)
@@ -226,7 +236,7 @@ class MemoryProbe:
         pss: float | None = None
         try:
             handle = proc.handle if proc is not None else psutil.Process(pid)
-            if pid in self._denied:
+            if pid in self._denied or not full:
                 rss = float(handle.memory_info().rss)
             else:
                 try:
@@ -252,6 +262,8 @@ class MemoryProbe:
         proc.t.append(t)
         proc.rss.append(rss)
         if uss is not None:
+            proc.full_t.append(t)
+            proc.full_rss.append(rss)
             proc.uss.append(uss)
         if pss is not None:
             proc.pss.append(pss)
@@ -294,9 +306,14 @@ class MemoryProbe:
         growths = []
         best: dict[str, tuple[int, dict[str, Any]]] = {}  # role -> (samples, growth row)
         for p in procs:
-            if not p.role.startswith("worker-") or len(p.uss) != len(p.t):
+            if not p.role.startswith("worker-") or len(p.uss) != len(p.full_t):
                 continue
-            row = {"role": p.role, "pid": p.pid, "samples": len(p.t), **growth(p.t, p.uss, p.rss)}
+            row = {
+                "role": p.role,
+                "pid": p.pid,
+                "samples": len(p.t),
+                **growth(p.full_t, p.uss, p.full_rss),
+            }
             growths.append(row)
             if p.role not in best or len(p.t) > best[p.role][0]:
                 best[p.role] = (len(p.t), row)

@@ -351,11 +351,24 @@ def test_prediction_points_follow_the_formula() -> None:
             "serial_s_per_batch": 0.002,
             "main_cpu_s_per_batch": 0.002,
             "cores": 2.0,
+            "free_cores": 2.0,  # no system CPU reading: every core counts as free
         },
         rel=EXACT,
     )
     # 8 workers reach 1333 samples/s (the cores) against 400 now; 7 workers get there too.
     assert d.recommendations[0].startswith("set num_workers=7: predicted 1,333 samples/s")
+
+
+def test_cores_busy_with_other_tenants_are_not_counted() -> None:
+    # the machine ran 90% of its 2 cores; ours used 2 x 25% + 10% = 0.6 core, so others
+    # used 1.2 cores and 0.8 is free, but the model never counts fewer than one core
+    st = stages(fetch=0.0395, collate=0.0003, pack=0.0002)
+    busy = {**cpu(25.0, 0.0, main=10.0), "system_cpu_pct": 90.0, "workers_cpu_pct": 50.0}
+    d = diagnose(make_result(stall=0.9, stages=st, cpu=busy))
+    assert d.model["free_cores"] == pytest.approx(1.0, rel=EXACT)
+    by_n = {p.num_workers: p for p in d.prediction}
+    assert by_n[8].bound == "cores"
+    assert by_n[8].samples_per_s == pytest.approx(1 / 0.012 * 8, rel=EXACT)
 
 
 def test_prediction_is_bounded_by_a_slow_consumer() -> None:

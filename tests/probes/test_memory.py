@@ -3,6 +3,7 @@ inherited objects on read, or that stay flat; /dev/shm from another path; denied
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -21,6 +22,9 @@ from probes.base import Probe, ProbeResult, Watch
 from probes.memory import MemoryProbe, growth
 
 MIB = 1 << 20
+
+# USS/PSS at every sample (the probe reads them once a second by default)
+EVERY = {"memory_full_interval": 0}
 
 
 class Grow(Dataset):
@@ -79,7 +83,9 @@ def run_loader(dataset: Dataset) -> ProbeResult:
     loader = DataLoader(dataset, batch_size=2, num_workers=2)
     live: list = []
     probe = MemoryProbe()
-    probe.start(Watch(worker_pids=lambda: [w.pid for w in live[0]._workers] if live else []))
+    probe.start(
+        Watch(worker_pids=lambda: [w.pid for w in live[0]._workers] if live else [], options=EVERY)
+    )
     probe.sample(time.monotonic())
     it = iter(loader)
     live.append(it)
@@ -112,9 +118,11 @@ def test_is_a_probe() -> None:
 
 
 def test_fake_clock_measures_exact_growth(sleeper: subprocess.Popen) -> None:
-    # This process plays worker-0 and allocates 16 MiB per fake second.
+    # This process plays worker-0 and allocates 16 MiB per fake second. Earlier tests'
+    # garbage is collected first, so that it is not freed in the middle of the measurement.
+    gc.collect()
     probe = MemoryProbe()
-    probe.start(Watch(main_pid=sleeper.pid, worker_pids=lambda: [os.getpid()]))
+    probe.start(Watch(main_pid=sleeper.pid, worker_pids=lambda: [os.getpid()], options=EVERY))
     kept = []
     for step in range(5):
         probe.sample(10.0 + step)
@@ -148,7 +156,7 @@ def test_fake_clock_measures_exact_growth(sleeper: subprocess.Popen) -> None:
 
 def test_result_round_trips_through_json() -> None:
     probe = MemoryProbe()
-    probe.start(Watch(worker_pids=lambda: [os.getpid()]))
+    probe.start(Watch(worker_pids=lambda: [os.getpid()], options=EVERY))
     for now in (1.0, 2.0, 3.0, 4.0):
         probe.sample(now)
     result = probe.stop()
@@ -210,7 +218,7 @@ def test_vanished_and_missing_pids_do_not_raise(sleeper: subprocess.Popen) -> No
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     probe = MemoryProbe()
-    probe.start(Watch(worker_pids=lambda: [sleeper.pid, gone.pid]))
+    probe.start(Watch(worker_pids=lambda: [sleeper.pid, gone.pid], options=EVERY))
     probe.sample(0.0)
     probe.sample(1.0)
     sleeper.kill()
@@ -256,6 +264,7 @@ def test_growth_slope_is_least_squares() -> None:
 
 
 def test_workers_that_allocate_grow_steadily_without_copy_on_read() -> None:
+    gc.collect()  # forked workers inherit no pending garbage to free mid-measurement
     result = run_loader(Grow(40))
 
     for role, row in growth_rows(result).items():
@@ -291,3 +300,13 @@ def test_flat_workers_are_not_flagged() -> None:
         assert abs(row["uss_growth_bytes"]) < 4 * MIB
         assert row["steady_growth"] is False and row["copy_on_read"] is False
     assert result.detail["copy_on_read"] is False
+
+
+def test_uss_and_pss_are_read_once_per_interval_rss_every_sample() -> None:
+    probe = MemoryProbe()
+    probe.start(Watch(options={"memory_full_interval": 1.0}))
+    for k in range(11):  # 0.0, 0.1, ... 1.0 s on a fake clock
+        probe.sample(500.0 + 0.1 * k)
+    main = probe._procs[os.getpid()]
+    assert len(main.t) == 11 and len(main.rss) == 11
+    assert main.full_t == [0.0, 1.0] and len(main.uss) == 2
