@@ -179,6 +179,9 @@ class ProfileResult:
         artifacts: Files written beside the result (trace, speedscope, report), by kind.
         step: The simulated training step ("30 ms", "module:fn"), or None.
         created: When the profile was taken (ISO 8601, UTC).
+        overhead: What the measurement itself cost in the main process
+            (``sampler_cpu_s``: CPU seconds the probes' sampler thread used), so a reader can
+            tell the loader's own main-process work from the probes'.
         schema: The file format version.
     """
 
@@ -192,6 +195,7 @@ class ProfileResult:
     artifacts: dict[str, str] = field(default_factory=dict)
     step: str | None = None
     created: str = ""
+    overhead: dict[str, float] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     kind = "profile"
@@ -210,6 +214,7 @@ class ProfileResult:
             "artifacts": dict(self.artifacts),
             "step": self.step,
             "created": self.created,
+            "overhead": dict(self.overhead),
         }
 
     @classmethod
@@ -234,6 +239,7 @@ class ProfileResult:
             artifacts=dict(f.opt("artifacts", {})),
             step=f.opt("step"),
             created=f.opt("created", ""),
+            overhead=dict(f.opt("overhead", {})),
         )
 
 
