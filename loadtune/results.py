@@ -1,4 +1,4 @@
-"""The results loadtune saves and reads back: Measurement, Diagnosis, ProfileResult.
+"""The results loadtune saves and reads back: Measurement, Diagnosis, ProfileResult, TuneResult.
 
 Every result is a frozen dataclass with ``to_dict``/``from_dict``; a saved file carries
 ``schema`` and ``kind`` so that a report can be drawn again later, elsewhere, from the JSON
@@ -24,10 +24,14 @@ from .system import SystemInfo
 
 __all__ = [
     "SCHEMA_VERSION",
+    "TRIAL_STATES",
+    "ABResult",
     "Diagnosis",
     "Measurement",
     "PredictionPoint",
     "ProfileResult",
+    "TrialResult",
+    "TuneResult",
     "load",
     "save",
 ]
@@ -243,6 +247,330 @@ class ProfileResult:
         )
 
 
+TRIAL_STATES = ("complete", "pruned", "failed", "infeasible")
+
+
+@dataclass(frozen=True, slots=True)
+class TrialResult:
+    """One config the search measured, and how that went.
+
+    Attributes:
+        number: The Optuna trial number (unique within the study).
+        config: The settings measured.
+        state: ``"complete"``, ``"pruned"`` (stopped early: clearly slower than the others),
+            ``"failed"`` (the loader raised, a worker crashed, out of memory) or
+            ``"infeasible"`` (stopped for going over the memory limit).
+        measurement: The steady window's numbers (complete trials only).
+        reason: Why a trial was pruned, failed or infeasible, in one sentence.
+        samples_per_s: Throughput: the window's for a complete trial, the rate when it was
+            stopped for a pruned or infeasible one, None for a failed one.
+        peak_memory_bytes: The most memory the loader added while the trial ran (see
+            NOTE [ Loader memory ] in loadtune/tune.py), or None where not read.
+        duration_s: Wall time of the trial, worker start-up included.
+        source: Why it was measured: ``"incumbent"``, ``"model"`` (the profile's predicted
+            best), ``"initial"`` (given by the caller), ``"sampler"``, ``"nearest"`` (the
+            closest unmeasured config to a suggestion already measured) or ``"retry"``
+            (a trial interrupted before it finished).
+        host: The machine and process that ran it (``host:pid``).
+    """
+
+    number: int
+    config: LoaderConfig
+    state: str
+    measurement: Measurement | None = None
+    reason: str = ""
+    samples_per_s: float | None = None
+    peak_memory_bytes: float | None = None
+    duration_s: float | None = None
+    source: str = ""
+    host: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "config": self.config.to_dict(),
+            "state": self.state,
+            "measurement": self.measurement.to_dict() if self.measurement else None,
+            "reason": self.reason,
+            "samples_per_s": self.samples_per_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "duration_s": self.duration_s,
+            "source": self.source,
+            "host": self.host,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], *, source: str = "result", where: str = ""
+    ) -> TrialResult:
+        f = _Fields(data, where, source)
+        state = f.req("state")
+        if state not in TRIAL_STATES:
+            raise ResultFormatError(f"{source}: {where}.state is {state!r}, not a trial state")
+        m = f.opt("measurement")
+        return cls(
+            number=f.req("number"),
+            config=LoaderConfig.from_dict(f.req("config"), source=source),
+            state=state,
+            measurement=(
+                Measurement.from_dict(m, source=source, where=f"{where}.measurement") if m else None
+            ),
+            reason=f.opt("reason", ""),
+            samples_per_s=f.opt("samples_per_s"),
+            peak_memory_bytes=f.opt("peak_memory_bytes"),
+            duration_s=f.opt("duration_s"),
+            source=f.opt("source", ""),
+            host=f.opt("host", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ABResult:
+    """An interleaved A/B comparison of a candidate config against the incumbent.
+
+    Each round times fresh loaders in the order A B B A (even rounds) or B A A B (odd
+    rounds), so a drift in the machine's speed during a round falls on both sides alike;
+    the round's ratio is the candidate's mean samples/s over the incumbent's.
+
+    Attributes:
+        incumbent: Config A.
+        candidate: Config B.
+        rounds: Rounds measured.
+        incumbent_samples_per_s: A's mean samples/s per round.
+        candidate_samples_per_s: B's mean samples/s per round.
+        ratios: B over A per round.
+        speedup: The median of ``ratios``.
+        interval: 95% confidence interval of the speedup: a Student t-interval on the mean
+            of the log ratios, exponentiated (so it brackets the geometric mean ratio).
+        min_gain: The gain the candidate had to show: it wins only when
+            ``interval[0] > 1 + min_gain``.
+        verdict: ``"apply"`` (the candidate wins) or ``"keep"`` (the incumbent stays).
+        reason: The verdict in one plain sentence, with the numbers.
+        method: How the interval was computed.
+        target_rate: With a target rate, the candidate wins when its own 95% interval of
+            samples/s lies above the rate instead (``candidate_interval[0] >= target_rate``).
+        candidate_interval: 95% interval of the candidate's samples/s (t-interval on the
+            logs of its per-round rates).
+    """
+
+    incumbent: LoaderConfig
+    candidate: LoaderConfig
+    rounds: int
+    incumbent_samples_per_s: tuple[float, ...]
+    candidate_samples_per_s: tuple[float, ...]
+    ratios: tuple[float, ...]
+    speedup: float
+    interval: tuple[float, float]
+    min_gain: float
+    verdict: str
+    reason: str
+    method: str = "t-interval on log ratios"
+    target_rate: float | None = None
+    candidate_interval: tuple[float, float] | None = None
+
+    @property
+    def incumbent_rate(self) -> float:
+        """The incumbent's median samples/s over the rounds."""
+        return _median(self.incumbent_samples_per_s)
+
+    @property
+    def candidate_rate(self) -> float:
+        """The candidate's median samples/s over the rounds."""
+        return _median(self.candidate_samples_per_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "incumbent": self.incumbent.to_dict(),
+            "candidate": self.candidate.to_dict(),
+            "rounds": self.rounds,
+            "incumbent_samples_per_s": list(self.incumbent_samples_per_s),
+            "candidate_samples_per_s": list(self.candidate_samples_per_s),
+            "ratios": list(self.ratios),
+            "speedup": self.speedup,
+            "interval": list(self.interval),
+            "min_gain": self.min_gain,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "method": self.method,
+            "target_rate": self.target_rate,
+            "candidate_interval": (
+                list(self.candidate_interval) if self.candidate_interval else None
+            ),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], *, source: str = "result", where: str = ""
+    ) -> ABResult:
+        f = _Fields(data, where, source)
+        ci = f.opt("candidate_interval")
+        low, high = f.req("interval")
+        return cls(
+            incumbent=LoaderConfig.from_dict(f.req("incumbent"), source=source),
+            candidate=LoaderConfig.from_dict(f.req("candidate"), source=source),
+            rounds=f.req("rounds"),
+            incumbent_samples_per_s=tuple(f.req("incumbent_samples_per_s")),
+            candidate_samples_per_s=tuple(f.req("candidate_samples_per_s")),
+            ratios=tuple(f.req("ratios")),
+            speedup=f.req("speedup"),
+            interval=(low, high),
+            min_gain=f.req("min_gain"),
+            verdict=f.req("verdict"),
+            reason=f.opt("reason", ""),
+            method=f.opt("method", "t-interval on log ratios"),
+            target_rate=f.opt("target_rate"),
+            candidate_interval=(ci[0], ci[1]) if ci else None,
+        )
+
+
+def _median(values: tuple[float, ...]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return 0.0
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class TuneResult:
+    """Everything ``loadtune autotune`` tried, and what it decided.
+
+    Attributes:
+        target: What was tuned (the TARGET string, or a description of the object).
+        backend: ``"loadtune"`` or ``"torch"``: whose loader ran.
+        machine: The machine it ran on.
+        space: The search space, one entry per setting: ``{"low", "high", "log"}`` for a
+            range of integers, ``{"choices": [...]}`` otherwise (one choice: fixed).
+            ``prefetch_factor`` and ``persistent_workers`` apply only when num_workers > 0.
+        incumbent: The settings the loader had as given.
+        trials: Every config measured in the study, in trial order (this process's and any
+            other's sharing the study).
+        ab: The deciding A/B comparison: the chosen candidate's, or on "keep" the best
+            finalist's; None when no finalist could be compared.
+        finalists: Every A/B comparison made, best search throughput first.
+        tuned: The config to use (the incumbent itself when the verdict is "keep").
+        verdict: ``"apply"`` or ``"keep"``.
+        reason: The verdict in one plain sentence, with the numbers.
+        min_gain: The least speedup worth a change (0.05: 5%).
+        target_rate: Samples/s asked for, or None to maximise throughput.
+        memory_limit: The most memory (bytes) a config's loader may add, or None.
+        storage: Where the study's trials live (an Optuna storage URL, password hidden),
+            or None for an in-memory study.
+        study_name: The Optuna study's name.
+        model: The profile model's pick: ``num_workers``, ``samples_per_s`` (predicted),
+            ``bound``, or ``reason`` when the model could not be used.
+        step: The simulated training step ("30 ms"), or None.
+        stopped: Why the search stopped ("20 trials measured", "time budget spent", ...).
+        duration_s: Wall time of the whole run.
+        created: When the run finished (ISO 8601, UTC).
+        schema: The file format version.
+    """
+
+    target: str
+    backend: str
+    machine: SystemInfo
+    space: dict[str, Any]
+    incumbent: LoaderConfig
+    trials: tuple[TrialResult, ...]
+    tuned: LoaderConfig
+    verdict: str
+    reason: str
+    ab: ABResult | None = None
+    finalists: tuple[ABResult, ...] = ()
+    min_gain: float = 0.05
+    target_rate: float | None = None
+    memory_limit: float | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    step: str | None = None
+    stopped: str = ""
+    duration_s: float = 0.0
+    created: str = ""
+    schema: int = SCHEMA_VERSION
+
+    kind = "tune"
+
+    @property
+    def incumbent_trial(self) -> TrialResult | None:
+        """The search's complete trial of the incumbent config, if there is one."""
+        return next(
+            (t for t in self.trials if t.config == self.incumbent and t.state == "complete"), None
+        )
+
+    @property
+    def best_trial(self) -> TrialResult | None:
+        """The complete trial with the highest throughput in the search."""
+        done = [t for t in self.trials if t.state == "complete" and t.samples_per_s is not None]
+        return max(done, key=lambda t: t.samples_per_s or 0.0) if done else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "kind": self.kind,
+            "target": self.target,
+            "backend": self.backend,
+            "machine": self.machine.to_dict(),
+            "space": self.space,
+            "incumbent": self.incumbent.to_dict(),
+            "trials": [t.to_dict() for t in self.trials],
+            "tuned": self.tuned.to_dict(),
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "ab": self.ab.to_dict() if self.ab else None,
+            "finalists": [a.to_dict() for a in self.finalists],
+            "min_gain": self.min_gain,
+            "target_rate": self.target_rate,
+            "memory_limit": self.memory_limit,
+            "storage": self.storage,
+            "study_name": self.study_name,
+            "model": dict(self.model),
+            "step": self.step,
+            "stopped": self.stopped,
+            "duration_s": self.duration_s,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "result") -> TuneResult:
+        f = _Fields(data, "", source)
+        _check_schema(f)
+        verdict = f.req("verdict")
+        if verdict not in ("apply", "keep"):
+            raise ResultFormatError(f"{source}: verdict is {verdict!r}, not 'apply' or 'keep'")
+        ab = f.opt("ab")
+        return cls(
+            target=f.req("target"),
+            backend=f.opt("backend", "loadtune"),
+            machine=SystemInfo.from_dict(f.req("machine")),
+            space=dict(f.req("space")),
+            incumbent=LoaderConfig.from_dict(f.req("incumbent"), source=source),
+            trials=tuple(
+                TrialResult.from_dict(t, source=source, where=f"trials[{i}]")
+                for i, t in enumerate(f.req("trials"))
+            ),
+            tuned=LoaderConfig.from_dict(f.req("tuned"), source=source),
+            verdict=verdict,
+            reason=f.opt("reason", ""),
+            ab=ABResult.from_dict(ab, source=source, where="ab") if ab else None,
+            finalists=tuple(
+                ABResult.from_dict(a, source=source, where=f"finalists[{i}]")
+                for i, a in enumerate(f.opt("finalists", []))
+            ),
+            min_gain=f.opt("min_gain", 0.05),
+            target_rate=f.opt("target_rate"),
+            memory_limit=f.opt("memory_limit"),
+            storage=f.opt("storage"),
+            study_name=f.opt("study_name"),
+            model=dict(f.opt("model", {})),
+            step=f.opt("step"),
+            stopped=f.opt("stopped", ""),
+            duration_s=f.opt("duration_s", 0.0),
+            created=f.opt("created", ""),
+        )
+
+
 def _check_schema(f: _Fields) -> None:
     version = f.req("schema")
     if version != SCHEMA_VERSION:
@@ -251,7 +579,7 @@ def _check_schema(f: _Fields) -> None:
         )
 
 
-_KINDS: dict[str, Any] = {"profile": ProfileResult}
+_KINDS: dict[str, Any] = {"profile": ProfileResult, "tune": TuneResult}
 
 
 def save(result: Any, path: str | os.PathLike) -> Path:
@@ -267,7 +595,7 @@ def _json_default(value: Any) -> Any:
 
 
 def load(path: str | os.PathLike) -> Any:
-    """Read a saved result (a ProfileResult, or another kind as they are added).
+    """Read a saved result: a ProfileResult or a TuneResult, as its ``kind`` says.
 
     Raises:
         ResultFormatError: the file is unreadable, not JSON, of an unknown kind or schema
