@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import loadtune
 from loadtune.errors import UsageError
@@ -146,10 +147,77 @@ def _profile(args: argparse.Namespace) -> int:
         )
     if not args.no_terminal:
         Console().print(terminal.render(result))
+    report = _write_report(result, Path(args.out) / "report.html")
     print(
         f"wrote {args.out}/profile.json"
         + (f", {args.out}/trace.json" if "trace" in result.artifacts else "")
+        + f", {report}"
     )
+    return 0
+
+
+def _write_report(result: object, path: Path) -> Path:
+    """reports.write, with a file that cannot be written reported as bad input (one line)."""
+    import reports
+
+    try:
+        return reports.write(result, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
+
+
+def _html_path(text: str | None) -> Path | None:
+    if text is None:
+        return None
+    path = Path(text)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--html {text!r}: the file name should end in .html")
+    return path
+
+
+def _load_drawable(path: str) -> object:
+    """A saved result that the reports can draw (ResultFormatError for a bad file)."""
+    import reports
+    from loadtune.results import load
+
+    result = load(path)
+    if getattr(result, "kind", None) not in reports.KINDS:
+        raise UsageError(f"{path}: no report for a {result.kind!r} result yet")
+    return result
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from reports import terminal
+
+    html = _html_path(args.html)
+    if args.no_terminal and html is None:
+        raise UsageError("nothing to do: --no-terminal without --html FILE")
+    result = _load_drawable(args.result)
+    if not args.no_terminal:
+        Console().print(terminal.render(result))
+    if html is not None:
+        print(f"wrote {_write_report(result, html)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from loadtune.results import ProfileResult
+    from reports import terminal
+    from reports.compare import Comparison
+
+    html = _html_path(args.html)
+    before, after = _load_drawable(args.before), _load_drawable(args.after)
+    for path, result in ((args.before, before), (args.after, after)):
+        if not isinstance(result, ProfileResult):
+            raise UsageError(f"{path}: compare takes two profiles, not a {result.kind!r} result")
+    comparison = Comparison(before, after, before_path=args.before, after_path=args.after)
+    Console().print(terminal.render(comparison))
+    if html is not None:
+        print(f"wrote {_write_report(comparison, html)}")
     return 0
 
 
@@ -183,10 +251,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", metavar="MODULE:FN", help="a function called on every batch")
     p.add_argument("--probes", help="comma-separated probes (default: all)")
     p.add_argument("--interval", type=_positive_float, default=0.1, help="seconds between samples")
-    p.add_argument("--out", default="loadtune-out", help="folder for profile.json and trace.json")
+    p.add_argument(
+        "--out",
+        default="loadtune-out",
+        help="folder for profile.json, trace.json and report.html",
+    )
     p.add_argument("--no-terminal", action="store_true", help="do not print the summary")
     _add_loader_options(p)
     p.set_defaults(func=_profile)
+
+    p = sub.add_parser(
+        "report",
+        help="draw a saved result again: the terminal summary and/or the HTML report",
+        description="Draw RESULT.json (written by loadtune profile) again.",
+    )
+    p.add_argument("result", metavar="RESULT.json", help="a saved result, e.g. profile.json")
+    p.add_argument("--html", metavar="FILE", help="write the HTML report to FILE (.html)")
+    p.add_argument("--no-terminal", action="store_true", help="do not print the summary")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two profiles: throughput, stall and each stage, with ratios B/A",
+        description="Compare profile A (before) with profile B (after).",
+    )
+    p.add_argument("before", metavar="A.json", help="the profile before the change")
+    p.add_argument("after", metavar="B.json", help="the profile after the change")
+    p.add_argument("--html", metavar="FILE", help="also write the comparison as HTML (.html)")
+    p.set_defaults(func=_compare)
+
     return parser
 
 
