@@ -221,6 +221,113 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _autotune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from loadtune.config import read as read_config
+    from loadtune.targets import load_object, resolve
+    from loadtune.tune import autotune, parse_memory, parse_space, snippet
+
+    out = Path(args.out)
+    if out.suffix not in (".json", ".toml"):
+        raise UsageError(f"--out {args.out!r}: the file name should end in .json or .toml")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {args.out!r}: no such folder {str(out.parent)!r}")
+    space = args.space
+    if space and space.startswith("@"):
+        try:
+            space = Path(space[1:]).read_text()
+        except OSError as exc:
+            raise UsageError(f"--space {args.space!r}: cannot read it: {exc.strerror}") from exc
+    parse_space(space)  # bad input first, before anything runs
+    limit = parse_memory(args.memory_limit)
+    step = load_object(args.step) if args.step else None
+    if step is not None and not callable(step):
+        raise UsageError(f"--step {args.step!r} is a {type(step).__name__}, not a callable")
+    factory = resolve(
+        args.target,
+        backend=args.backend,
+        shuffle=args.shuffle,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        prefetch_factor=args.prefetch_factor,
+    )
+    if args.config:
+        factory = replace(factory, baseline=read_config(args.config)[0])
+    sizes = None
+    if args.batch_sizes:
+        try:
+            sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--batch-sizes {args.batch_sizes!r}: expected 64,128,...") from None
+    storage = None if args.storage.lower() in ("none", "memory") else args.storage
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        total = args.trials or (None if args.time_budget else 20)
+        task = bar.add_task("starting", total=total, best="")
+
+        def progress(trial: object, config: object, rate: float | None, best: float | None) -> None:
+            bar.update(
+                task,
+                advance=1,
+                best=f"best {best:,.0f} samples/s" if best else "",
+            )
+
+        result = autotune(
+            factory,
+            backend=args.backend,
+            max_workers=args.max_workers,
+            batch_sizes=sizes,
+            space=space,
+            trials=args.trials,
+            time_budget=args.time_budget,
+            target_rate=args.target_rate,
+            memory_limit=limit,
+            min_gain=args.min_gain,
+            storage=storage,
+            study_name=args.study,
+            resume=args.resume,
+            seed=args.seed,
+            batches=args.batches,
+            warmup=args.warmup,
+            step_ms=args.step_ms,
+            step=step,
+            progress=progress,
+            finalists=args.finalists,
+            rounds=args.rounds,
+            out=out,
+            on_phase=lambda text: bar.update(task, description=text),
+        )
+    states = [t.state for t in result.trials]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
+    print(f"verdict: {result.reason}")
+    ab = result.ab
+    if ab is not None:
+        print(
+            f"A/B: {ab.speedup:.2f}x, 95% interval {ab.interval[0]:.2f}x to {ab.interval[1]:.2f}x "
+            f"({ab.method}, {ab.rounds} interleaved rounds); current {ab.incumbent_rate:,.0f} "
+            f"samples/s, candidate {ab.candidate_rate:,.0f} samples/s"
+        )
+    print(
+        f"trials: {len(result.trials)} ({counts or 'none'}) in {result.duration_s:.0f} s; "
+        f"study {result.study_name!r}" + (f" in {result.storage}" if result.storage else "")
+    )
+    print(f"wrote {out}, {out.parent / 'tune.json'}\n")
+    print(snippet(result, str(out)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
     parser = argparse.ArgumentParser(
@@ -280,6 +387,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE", help="also write the comparison as HTML (.html)")
     p.set_defaults(func=_compare)
 
+    p = sub.add_parser(
+        "autotune",
+        help="search loader settings with Optuna and A/B-test the best against the current ones",
+        description="Search TARGET's loader settings, A/B-test the finalists against the "
+        "current settings, and write the tuned config (apply it with loadtune.apply).",
+    )
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help="path/to/file.py:name or package.module:name: a DataLoader, a Dataset, or a "
+        "callable returning one",
+    )
+    p.add_argument("--max-workers", type=_positive_int, help="most workers to try (2 x cores)")
+    p.add_argument("--batch-sizes", metavar="64,128", help="batch sizes to try")
+    p.add_argument(
+        "--space",
+        metavar="SPEC",
+        help="fix or narrow settings: 'num_workers=0..8,prefetch_factor=2,batch_size=64|128', "
+        "the same as JSON, or @file.json",
+    )
+    p.add_argument("--trials", type=_positive_int, help="trials in the study (default 20)")
+    p.add_argument("--time-budget", type=_positive_float, metavar="S", help="seconds in all")
+    p.add_argument("--target-rate", type=_positive_float, metavar="R", help="samples/s wanted")
+    p.add_argument("--memory-limit", metavar="BYTES", help="most memory a loader may add: 2GiB")
+    p.add_argument(
+        "--min-gain", type=float, default=0.05, help="least speedup worth a change (0.05: 5%%)"
+    )
+    p.add_argument(
+        "--storage",
+        default="sqlite:///loadtune.db",
+        metavar="URL",
+        help="Optuna storage: sqlite:///file.db, postgresql://..., or none",
+    )
+    p.add_argument("--study", metavar="NAME", help="join or continue this study")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the latest study of this target and space"
+    )
+    p.add_argument("--out", default="tuned.json", help="tuned config (.json or .toml)")
+    p.add_argument("--config", metavar="FILE", help="start from the settings in this config")
+    p.add_argument("--batches", type=_positive_int, default=40, help="batches per timed window")
+    p.add_argument("--warmup", type=_positive_int, default=5, help="batches before each window")
+    p.add_argument("--step-ms", type=_positive_float, help="simulated training step per batch")
+    p.add_argument("--step", metavar="MODULE:FN", help="a function called on every batch")
+    p.add_argument(
+        "--rounds", type=_positive_int, default=5, help="most A/B rounds per finalist (5)"
+    )
+    p.add_argument("--finalists", type=_positive_int, default=2, help="configs to A/B-test (2)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampler")
+    _add_loader_options(p)
+    p.set_defaults(func=_autotune)
     return parser
 
 

@@ -6,6 +6,7 @@ are imported only inside the functions that use them, so ``import loadtune`` sta
 
 from __future__ import annotations
 
+from .config import LoaderConfig, apply
 from .errors import (
     ConfigError,
     DataCorruptionError,
@@ -21,7 +22,8 @@ from .errors import (
 )
 from .loader import DataLoader
 from .profiling import profile
-from .results import ProfileResult
+from .results import ProfileResult, TuneResult
+from .tune import autotune
 
 __version__ = "0.1.0"
 
@@ -32,12 +34,16 @@ __all__ = [
     "DataLoader",
     "DataLoadingError",
     "DataNotFoundError",
+    "LoaderConfig",
     "LoaderTimeoutError",
     "LoadtuneError",
     "ProfileResult",
     "ResultFormatError",
     "TargetError",
+    "TuneResult",
     "UsageError",
     "WorkerCrashError",
+    "apply",
+    "autotune",
     "profile",
 ]

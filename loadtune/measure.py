@@ -31,6 +31,7 @@ __all__ = [
     "log_t_interval",
     "make_step",
     "measure",
+    "steady_warmup",
     "summarize",
     "t_quantile",
     "time_window",
@@ -226,6 +227,21 @@ def measure(
     return summarize(runs, warmup=warmup)
 
 
+def steady_warmup(config: LoaderConfig, warmup: int) -> int:
+    """Warm-up batches for a window that times the steady state of ``config``.
+
+    Workers fill up to ``num_workers x prefetch_factor`` batches while the loader starts;
+    a window that opens before those are taken drains a backlog made before it and reads
+    too fast (measured: 16 batches of a CPU-bound loader with 4 workers x 8 on 2 cores ran
+    at 8x its steady rate). So the window opens only after that many more batches.
+
+    Example:
+        >>> steady_warmup(LoaderConfig(num_workers=4, prefetch_factor=8), 5)
+        37
+    """
+    return warmup + config.num_workers * (config.prefetch_factor or 0)
+
+
 def summarize(runs: list[WindowRun], *, warmup: int) -> Measurement:
     """A Measurement from one or more timed windows of the same config (medians, spread)."""
     if not runs:
@@ -249,34 +265,67 @@ def summarize(runs: list[WindowRun], *, warmup: int) -> Measurement:
     )
 
 
-# Two-sided 95% quantiles of Student's t, degrees of freedom 1 to 30.
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
 
 
-def t_quantile(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (for a 95% interval).
+def _t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
+    x = df / (df + t * t)
+    a, b = df / 2.0, 0.5
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    tail = (
+        front * _betacf(a, b, x) / a
+        if x < (a + 1) / (a + b + 2)
+        else 1.0 - front * _betacf(b, a, 1.0 - x) / b
+    )
+    return 1.0 - 0.5 * tail if t >= 0 else 0.5 * tail
 
-    Tabulated up to 30; beyond, the Cornish-Fisher expansion around the normal quantile
-    (within 0.001 of the exact value there).
+
+def t_quantile(df: int, p: float = 0.975) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (p in (0.5, 1)).
+
+    Computed from the incomplete beta function and bisection (no scipy): the 0.975
+    quantile gives a two-sided 95% interval.
 
     Example:
-        >>> t_quantile(4)
-        2.776
+        >>> round(t_quantile(4), 3), round(t_quantile(2, 0.995), 3)
+        (2.776, 9.925)
     """
     if df < 1:
         raise ValueError(f"a t-interval needs at least 1 degree of freedom, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    if not 0.5 < p < 1.0:
+        raise ValueError(f"p must lie in (0.5, 1), got {p}")
+    low, high = 0.0, 1.0
+    while _t_cdf(high, df) < p:
+        high *= 2.0
+    for _ in range(100):
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if _t_cdf(mid, df) < p else (low, mid)
+    return (low + high) / 2.0
 
 
-def log_t_interval(values: list[float]) -> tuple[float, float]:
-    """95% interval of the geometric mean of positive ``values``: a t-interval on their logs.
+def log_t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Interval of the geometric mean of positive ``values``: a t-interval on their logs.
 
     Ratios and rates are multiplicative: a log makes 0.8 and 1.25 equally far from 1, and
     the interval, mapped back, can never go below zero.
@@ -291,7 +340,7 @@ def log_t_interval(values: list[float]) -> tuple[float, float]:
     if n < 2:
         raise ValueError("an interval needs at least two values")
     mean = statistics.fmean(logs)
-    half = t_quantile(n - 1) * statistics.stdev(logs) / math.sqrt(n)
+    half = t_quantile(n - 1, 0.5 + level / 2) * statistics.stdev(logs) / math.sqrt(n)
     return math.exp(mean - half), math.exp(mean + half)
 
 
@@ -301,6 +350,7 @@ def interleave(
     b_config: LoaderConfig,
     *,
     rounds: int = 5,
+    min_rounds: int = 3,
     batches: int = 50,
     warmup: int = 5,
     step: Step = None,
@@ -312,23 +362,30 @@ def interleave(
 
     Each round times four fresh loaders, A B B A in even rounds and B A A B in odd ones, so
     that the machine getting slower or faster during a round falls on both configs alike;
-    the round's ratio is B's mean samples/s over A's. The speedup is the median ratio and
-    its 95% confidence interval a Student t-interval on the mean of the log ratios (rounds
-    are independent pairs; a bootstrap would need many more rounds to be trusted).
+    the round's ratio is B's mean samples/s over A's. The speedup is the median ratio; its
+    confidence interval is a Student t-interval on the mean of the log ratios (rounds are
+    independent pairs; a bootstrap needs many more rounds than these to be trusted).
 
-    Verdict: ``"apply"`` when the interval's lower end exceeds ``1 + min_gain`` (B is faster
-    by more than the minimum gain, beyond the noise); otherwise ``"keep"``. With
-    ``target_rate``, ``"apply"`` when the lower end of B's own 95% interval of samples/s
-    reaches the rate (the caller only asks that of a B that is cheaper than A, or when A
-    misses the rate).
+    From ``min_rounds`` on, every round is a look at the data that may end the test: the
+    verdict is settled once the interval lies wholly above ``1 + min_gain`` ("apply") or
+    wholly below it ("keep": the gain cannot be reached). So that the looks together keep
+    a 95% guarantee, each interval is taken at 1 - 0.05 / looks (Bonferroni; 98.3% for 3
+    looks): a clear result stops after ``min_rounds``, a close one runs all ``rounds``.
+
+    Verdict: ``"apply"`` when the interval's lower end exceeds ``1 + min_gain``, otherwise
+    ``"keep"``. With ``target_rate`` the same is asked of B's own interval of samples/s
+    against the rate (the caller asks that only of a B cheaper than A, or when A misses
+    the rate).
 
     Args:
         factory: Builds a fresh loader for a config (a LoaderFactory).
         a_config: The incumbent.
         b_config: The candidate.
-        rounds: Rounds to measure (at least 2: the interval needs a spread).
+        rounds: The most rounds to measure (at least 2: the interval needs a spread).
+        min_rounds: Rounds before the first look (at most ``rounds``).
         batches: Batches per timed window.
-        warmup: Batches before each window, not timed.
+        warmup: Batches before each window, not timed, on top of the batches a config
+            can hold in flight (see :func:`steady_warmup`).
         step: The consumer's per-batch work (see :func:`make_step`).
         min_gain: The least speedup worth a change (0.05: 5%).
         target_rate: Judge by this samples/s instead of by speedup.
@@ -353,15 +410,21 @@ def interleave(
         raise UsageError(f"an A/B test needs at least 2 rounds, got {rounds}")
     if min_gain < 0:
         raise UsageError(f"min_gain must be >= 0, got {min_gain}")
+    first = max(2, min(min_rounds, rounds))
+    looks = rounds - first + 1
+    level = 1.0 - 0.05 / looks
+    goal = 1.0 + min_gain if target_rate is None else target_rate
     a_rates: list[float] = []
     b_rates: list[float] = []
     ratios: list[float] = []
+    low = high = b_low = b_high = 0.0
     for r in range(rounds):
-        order = "ABBA" if r % 2 == 0 else "BAAB"
         seen: dict[str, list[float]] = {"A": [], "B": []}
-        for side in order:
+        for side in "ABBA" if r % 2 == 0 else "BAAB":
             cfg = a_config if side == "A" else b_config
-            run = time_window(factory(cfg), batches=batches, warmup=warmup, step=step)
+            run = time_window(
+                factory(cfg), batches=batches, warmup=steady_warmup(cfg, warmup), step=step
+            )
             if run.window_batches == 0 or run.window_s <= 0:
                 raise UsageError(
                     f"the loader ended during warm-up ({warmup} batches): nothing to compare; "
@@ -374,39 +437,50 @@ def interleave(
         ratios.append(b / a)
         if on_round is not None:
             on_round(r + 1, b / a)
+        if r + 1 < first:
+            continue
+        low, high = log_t_interval(ratios, level)
+        b_low, b_high = log_t_interval(b_rates, level)
+        judged = (low, high) if target_rate is None else (b_low, b_high)
+        if judged[0] > goal or judged[1] < goal:
+            break
+    n = len(ratios)
     speedup = statistics.median(ratios)
-    low, high = log_t_interval(ratios)
-    b_low, b_high = log_t_interval(b_rates)
+    method = "t-interval on log ratios" + (
+        f", 95% over {looks} looks (Bonferroni: {level:.1%} each)" if looks > 1 else ""
+    )
+    span = f"{n} interleaved rounds" if looks == 1 else f"{n} of at most {rounds} rounds"
     if target_rate is None:
-        verdict = "apply" if low > 1.0 + min_gain else "keep"
+        verdict = "apply" if low > goal else "keep"
         if verdict == "apply":
             reason = (
                 f"faster by {speedup - 1:.0%} (95% interval {low:.2f}x to {high:.2f}x over "
-                f"{rounds} interleaved rounds), more than the {min_gain:.0%} minimum gain"
+                f"{span}), more than the {min_gain:.0%} minimum gain"
             )
         elif low > 1.0:
             reason = (
                 f"faster by {speedup - 1:.0%}, but the 95% interval ({low:.2f}x to "
-                f"{high:.2f}x) does not clear the {min_gain:.0%} minimum gain: keep the "
-                "current settings"
+                f"{high:.2f}x over {span}) does not clear the {min_gain:.0%} minimum gain: "
+                "keep the current settings"
             )
         else:
             reason = (
                 f"no gain beyond the noise: speedup {speedup:.2f}x, 95% interval {low:.2f}x "
-                f"to {high:.2f}x over {rounds} rounds: keep the current settings"
+                f"to {high:.2f}x over {span}: keep the current settings"
             )
     else:
         verdict = "apply" if b_low >= target_rate else "keep"
         reason = (
-            f"reaches {target_rate:,.0f} samples/s: 95% interval {b_low:,.0f} to {b_high:,.0f}"
+            f"reaches {target_rate:,.0f} samples/s: 95% interval {b_low:,.0f} to "
+            f"{b_high:,.0f} over {span}"
             if verdict == "apply"
             else f"does not surely reach {target_rate:,.0f} samples/s: 95% interval "
-            f"{b_low:,.0f} to {b_high:,.0f}"
+            f"{b_low:,.0f} to {b_high:,.0f} over {span}"
         )
     return ABResult(
         incumbent=a_config,
         candidate=b_config,
-        rounds=rounds,
+        rounds=n,
         incumbent_samples_per_s=tuple(a_rates),
         candidate_samples_per_s=tuple(b_rates),
         ratios=tuple(ratios),
@@ -415,6 +489,7 @@ def interleave(
         min_gain=min_gain,
         verdict=verdict,
         reason=reason,
+        method=method,
         target_rate=target_rate,
         candidate_interval=(b_low, b_high),
     )

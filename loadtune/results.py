@@ -330,7 +330,8 @@ class ABResult:
 
     Each round times fresh loaders in the order A B B A (even rounds) or B A A B (odd
     rounds), so a drift in the machine's speed during a round falls on both sides alike;
-    the round's ratio is the candidate's mean samples/s over the incumbent's.
+    the round's ratio is the candidate's mean samples/s over the incumbent's. See
+    ``loadtune.measure.interleave`` for when it stops.
 
     Attributes:
         incumbent: Config A.
@@ -341,7 +342,9 @@ class ABResult:
         ratios: B over A per round.
         speedup: The median of ``ratios``.
         interval: 95% confidence interval of the speedup: a Student t-interval on the mean
-            of the log ratios, exponentiated (so it brackets the geometric mean ratio).
+            of the log ratios, exponentiated (so it brackets the geometric mean ratio); the
+            test may stop early, so it is taken at a Bonferroni-adjusted level that keeps
+            95% over all the looks (``method`` says which).
         min_gain: The gain the candidate had to show: it wins only when
             ``interval[0] > 1 + min_gain``.
         verdict: ``"apply"`` (the candidate wins) or ``"keep"`` (the incumbent stays).
@@ -350,7 +353,7 @@ class ABResult:
         target_rate: With a target rate, the candidate wins when its own 95% interval of
             samples/s lies above the rate instead (``candidate_interval[0] >= target_rate``).
         candidate_interval: 95% interval of the candidate's samples/s (t-interval on the
-            logs of its per-round rates).
+            logs of its per-round rates, at the same level as ``interval``).
     """
 
     incumbent: LoaderConfig

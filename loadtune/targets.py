@@ -186,6 +186,8 @@ def clone(
         kwargs["max_retries"] = loader._error_policy.max_retries
         kwargs["retry_backoff"] = loader._error_policy.backoff
         kwargs["retry_exhausted"] = loader._error_policy.retry_exhausted
+        kwargs["fetch_concurrency"] = loader.fetch_concurrency
+        kwargs["per_sample_seed"] = loader.per_sample_seed
     return cls(loader.dataset, **kwargs)
 
 

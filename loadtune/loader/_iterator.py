@@ -182,6 +182,8 @@ class _BaseIter:
         self._failures: list = loader.failures
         self._policy = loader._error_policy
         self._validate = loader.validate
+        self._fetch_concurrency = loader.fetch_concurrency
+        self._per_sample_seed = loader.per_sample_seed
         self._finished = False
 
     def __iter__(self) -> _BaseIter:
@@ -269,6 +271,9 @@ class SingleProcessIter(_BaseIter):
             self._drop_last,
             self._policy,
             validate=self._validate,
+            concurrency=self._fetch_concurrency,
+            per_sample_seed=self._per_sample_seed,
+            base_seed=self._base_seed,
         )
         self._batch = 0
         for _ in range(self._skip_prefix):
@@ -399,6 +404,8 @@ class MultiProcessIter(_BaseIter):
             dataset_state=self._ds_states.get(str(worker_id)) if self._iterable else None,
             cpus=tuple(sorted(self._affinity[worker_id])) if self._affinity else None,
             validate=self._validate,
+            fetch_concurrency=self._fetch_concurrency,
+            per_sample_seed=self._per_sample_seed,
         )
         process = ctx.Process(
             target=W.worker_loop,

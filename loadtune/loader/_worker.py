@@ -15,6 +15,15 @@ samples as torch's loader. With ``dispatch="balanced"`` a batch goes to whicheve
 free, so each batch instead reseeds the three RNGs from ``(base_seed, epoch, batch
 number)``: the samples are then reproducible whatever worker runs them, but they are not
 torch's.
+
+With ``fetch_concurrency`` k > 1 a worker's samples run in k threads (or interleave on one
+event loop) that share these process-global RNGs, so which sample gets which draw depends
+on timing: neither scheme above is reproducible then. ``per_sample_seed=True`` seeds every
+sample from (base seed, epoch, dataset index) instead, which is reproducible whatever k, the
+number of workers and the dispatch (NOTE [ Per-sample seeds ] in _fetch.py).
+
+With k > 1 a worker also reads its next task while the slowest samples of the current one
+are still out (``_serve_concurrently``); it still answers its tasks in the order it got them.
 """
 
 from __future__ import annotations
@@ -26,8 +35,11 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_ready
 from typing import Any
 
 import torch
@@ -67,6 +79,8 @@ class WorkerSpec:
     dataset_state: Any = None  # resume: an IterableDataset's state to load before iter()
     cpus: tuple[int, ...] | None = None  # numa="spread"|"compact": the CPUs to run on
     validate: Any = None  # called on every sample; what it raises follows the policy
+    fetch_concurrency: int = 1  # samples fetched at once (map-style datasets)
+    per_sample_seed: bool = False  # see NOTE [ Per-sample seeds ] in _fetch.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +182,9 @@ def worker_loop(spec: WorkerSpec, tasks: Connection, results: Connection, states
             spec.policy,
             spec.worker_id,
             spec.validate,
+            concurrency=spec.fetch_concurrency,
+            per_sample_seed=spec.per_sample_seed,
+            base_seed=spec.base_seed,
         )
 
     try:
@@ -179,6 +196,12 @@ def worker_loop(spec: WorkerSpec, tasks: Connection, results: Connection, states
     except Exception as exc:
         init_error = ErrorInfo.capture(exc, spec.worker_id, None)
     blocks = WorkerBlocks(states, keep=spec.keep_blocks)
+    if spec.fetch_concurrency > 1 and init_error is None and not spec.iterable:
+        try:
+            _serve_concurrently(spec, fetcher, new_fetcher, blocks, tasks, results, parent)
+        finally:
+            blocks.close()
+        return
     ended = False
     try:
         while True:
@@ -222,13 +245,23 @@ def _serve(
     seq: int,
     epoch: int,
     index: Any,
+    pending: Any = None,
+    fetch_start: float | None = None,
 ) -> bool:
-    """Fetch, collate, pack and send one batch. Returns True when the stream has ended."""
-    fetch_start = time.monotonic()
+    """Fetch, collate, pack and send one batch. Returns True when the stream has ended.
+
+    With ``pending`` (a batch the fetcher has started, begun at ``fetch_start``), wait for
+    it and collate it instead of fetching.
+    """
+    if fetch_start is None:
+        fetch_start = time.monotonic()
     arena = blocks.arena()
     fetcher.epoch, fetcher.batch = epoch, seq
     try:
-        batch, count = fetcher.fetch(index, arena)
+        if pending is None:
+            batch, count = fetcher.fetch(index, arena)
+        else:
+            batch, count = fetcher.finish(pending, arena)
     except Empty:
         blocks.release(arena.block)
         _send(results, (SKIPPED, seq, epoch, tuple(fetcher.failures)))
@@ -276,6 +309,99 @@ def _serve(
     )
     _send(results, header, packed.payload)
     return False
+
+
+def _serve_concurrently(
+    spec: WorkerSpec,
+    fetcher: Any,
+    new_fetcher: Callable[[], Any],
+    blocks: WorkerBlocks,
+    tasks: Connection,
+    results: Connection,
+    parent: int,
+) -> None:
+    """The loop of ``worker_loop`` for fetch_concurrency k > 1 (map-style datasets).
+
+    The fetcher runs up to k samples at once. Whenever fewer than k of its samples are
+    unfinished, the worker takes its next task from the pipe (the main process keeps
+    ``prefetch_factor`` tasks queued there) and starts it, so the slowest samples of one
+    batch overlap the next batch's. Batches are collated, packed and sent from this thread
+    only, oldest first: in the order their tasks arrived.
+    """
+    # Pool threads say "a batch is done or a slot is free" by writing a byte here, so one
+    # wait covers both the task pipe and the fetches. The fds stay open until the process
+    # exits: a late write from a straggling thread must never land in a reused fd.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+
+    def wake() -> None:
+        try:
+            os.write(wake_w, b"\0")
+        except OSError:
+            pass  # the pipe is full: the loop is awake already
+
+    fetcher.on_progress = wake
+    limit = spec.fetch_concurrency
+    inflight: deque[tuple[int, int, Any, float]] = deque()  # (seq, epoch, pending, start)
+    init_error: ErrorInfo | None = None
+    try:
+        while True:
+            while inflight and inflight[0][2].done():
+                seq, epoch, pending, started = inflight.popleft()
+                _serve(spec, fetcher, blocks, results, seq, epoch, pending.index, pending, started)
+            take = not inflight or fetcher.in_flight < limit
+            ready = wait_ready(
+                ([tasks] if take else []) + ([wake_r] if inflight else []), _PARENT_POLL_S
+            )
+            if wake_r in ready:
+                _drain(wake_r)
+            if not ready:
+                if os.getppid() != parent:
+                    return  # the main process is gone
+                continue
+            if tasks not in ready:
+                continue
+            try:
+                msg = tasks.recv()
+            except EOFError:
+                return
+            if msg is None:
+                return
+            if msg[0] == RESET:
+                # what is in flight belongs to the epoch that ended: the main process drops
+                # those answers, so drop them here without waiting for them
+                for _, _, pending, _ in inflight:
+                    pending.abandon()
+                inflight.clear()
+                fetcher.close()
+                try:
+                    fetcher = new_fetcher()
+                    fetcher.on_progress = wake
+                except Exception as exc:
+                    init_error = ErrorInfo.capture(exc, spec.worker_id, None)
+                _send(results, (RESET_ACK, -1, msg[1]))
+                continue
+            _, seq, epoch, index = msg
+            if init_error is not None:
+                _send(results, (ERROR, seq, epoch, init_error))
+                continue
+            started = time.monotonic()
+            fetcher.epoch, fetcher.batch = epoch, seq
+            inflight.append((seq, epoch, fetcher.start(index), started))
+    finally:
+        for _, _, pending, _ in inflight:
+            pending.abandon()
+        if fetcher is not None:
+            fetcher.close()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _capture_stop(spec: WorkerSpec, fetcher: Any) -> ErrorInfo:

@@ -12,6 +12,8 @@ memory transport and the pin-memory step; no part of torch's iterator is used.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 import weakref
 from typing import Any, TypeVar
 
@@ -36,6 +38,28 @@ _ON_DEATH = ("restart", "raise")
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} should be one of {choices}, but got {name}={value!r}")
+
+
+def _check_concurrency(dataset: Any, k: Any, per_sample_seed: bool) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"fetch_concurrency should be a positive integer, but got {k!r}")
+    if isinstance(dataset, torch.utils.data.IterableDataset) and (k > 1 or per_sample_seed):
+        raise ValueError(
+            "fetch_concurrency > 1 and per_sample_seed need a map-style dataset: an "
+            "IterableDataset's stream is read by one iterator, one sample after another"
+        )
+    if (
+        per_sample_seed
+        and k > 1
+        and not inspect.iscoroutinefunction(getattr(dataset, "aget", None))
+    ):
+        warnings.warn(
+            f"per_sample_seed=True with fetch_concurrency={k}: the global RNGs are shared by "
+            "the fetch threads, so each __getitem__ runs alone under a lock and no latency is "
+            "hidden; give the dataset an 'async def aget(self, index)' to keep both",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class DataLoader(torch.utils.data.DataLoader[T_co]):
@@ -95,10 +119,41 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             (``loadtune.DataFormatError``, ``DataCorruptionError``, anything) is that
             sample's error and follows ``on_error``: raised with the index, skipped and
             counted in ``loader.failures``, or retried. Must pickle under ``spawn``.
+        fetch_concurrency: How many samples each worker fetches at once (default 1: one
+            after another, as torch does). With k > 1 a worker runs its samples' fetches in
+            k threads, or, when the dataset has ``async def aget(self, index)``, as
+            coroutines on one asyncio event loop, k at a time; and it starts on its next
+            batch while the slowest samples of the current one are still out. This hides
+            per-sample latency (remote storage, network file systems, databases) without
+            more processes. Batches, their order, ``on_error``, ``validate`` and
+            ``loader.failures`` are as with k = 1: samples are collated in sampler order,
+            and under ``on_error="raise"`` the batch raises the error of its first failing
+            sample in sampler order (the one k = 1 raises; its later samples are not started
+            or are waited for and dropped). A dataset with ``aget`` should also have a
+            ``__getitem__`` giving the same sample (used when k is 1); one with
+            ``__getitems__`` (and no ``aget``) is called once per batch as usual, and up to
+            k such calls overlap. With ``num_workers=0`` the k fetches of each batch
+            overlap in the main process, but batches do not. Map-style datasets only.
+            Thread safety: the dataset's ``__getitem__`` then runs in k threads at once.
+            Randomness: the k fetches share the worker's ``random``, torch and numpy RNGs,
+            and which sample gets which draw depends on thread timing, so random
+            augmentations are not reproducible with k > 1 unless ``per_sample_seed=True``.
+        per_sample_seed: Seed ``random``, torch's CPU generator and numpy's global RNG
+            before each sample from (base seed, epoch, dataset index), and before collate_fn
+            from (base seed, epoch, batch number): a sample's augmentation is then the same
+            whatever ``fetch_concurrency``, ``num_workers``, dispatch or restarts, run after
+            run for the same ``generator`` (not torch's per-worker streams, though). Since
+            those RNGs are process-wide, a plain ``__getitem__`` with k > 1 holds a lock
+            from seeding to return: correct, but one sample at a time per worker, so no
+            latency is hidden (the loader warns). ``aget`` keeps full concurrency: each
+            coroutine's RNG state is swapped in and out at its awaits (about 0.1 ms per
+            await). In the main process the caller's RNG state is restored after each
+            batch. See NOTE [ Per-sample seeds ] in _fetch.py.
 
     Raises:
         ValueError, TypeError: Exactly where torch's DataLoader raises them, plus
-            ``ValueError`` for an unknown ``dispatch``.
+            ``ValueError`` for an unknown ``dispatch``, a ``fetch_concurrency`` below 1,
+            and ``fetch_concurrency`` > 1 or ``per_sample_seed`` with an IterableDataset.
 
     Example:
         >>> import torch
@@ -140,8 +195,13 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         numa: str | None = None,
         device: str | torch.device | None = None,
         validate: Any = None,
+        fetch_concurrency: int = 1,
+        per_sample_seed: bool = False,
     ) -> None:
         _check_choice("dispatch", dispatch, _DISPATCH)
+        _check_concurrency(dataset, fetch_concurrency, per_sample_seed)
+        self.fetch_concurrency = fetch_concurrency
+        self.per_sample_seed = per_sample_seed
         _check_choice("on_error", on_error, ON_ERROR)
         _check_choice("retry_exhausted", retry_exhausted, RETRY_EXHAUSTED)
         _check_choice("on_worker_death", on_worker_death, _ON_DEATH)
