@@ -21,6 +21,9 @@ EXAMPLE := examples/jpeg_pipeline.py
 demo: $(VENV)/.installed
 	$(BIN)/python benchmarks/loader_vs_torch.py --quick
 	$(BIN)/loadtune profile $(EXAMPLE):loader --step $(EXAMPLE):train_step --batches 100 --out loadtune-out
+	$(BIN)/loadtune autotune $(EXAMPLE):loader --step $(EXAMPLE):train_step --trials 10 \
+		--time-budget 120 --storage none --out loadtune-out/tuned.json
+	@echo "report: loadtune-out/report.html; tuned config: loadtune-out/tuned.json"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
