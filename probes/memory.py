@@ -59,7 +59,7 @@ class _Proc:
     uss: list[float] = field(default_factory=list)  # empty when memory_full_info was denied
     pss: list[float] = field(default_factory=list)
     full_t: list[float] = field(default_factory=list)  # times of the USS/PSS readings
-    full_rss: list[float] = field(default_factory=list)  # RSS at those times
+    full_rss: list[float] = field(default_factory=list)  # anonymous RSS at those times
     alive: bool = True
 
 
@@ -69,7 +69,8 @@ def growth(t: list[float], uss: list[float], rss: list[float]) -> dict[str, Any]
     Args:
         t: Sample times in seconds, increasing.
         uss: USS in bytes at each time.
-        rss: RSS in bytes at each time (to tell copy-on-read from allocation).
+        rss: Anonymous RSS in bytes at each time (RSS less file and shared-memory pages),
+            to tell copy-on-read from allocation.
 
     Returns:
         ``uss_first_bytes``, ``uss_last_bytes``, ``uss_growth_bytes`` (last minus first),
@@ -234,6 +235,7 @@ class MemoryProbe:
         proc = self._procs.get(pid)
         uss: float | None = None
         pss: float | None = None
+        anon = 0.0
         try:
             handle = proc.handle if proc is not None else psutil.Process(pid)
             if pid in self._denied or not full:
@@ -243,6 +245,9 @@ class MemoryProbe:
                     full = handle.memory_full_info()
                     rss, uss = float(full.rss), float(full.uss)
                     pss = float(full.pss) if hasattr(full, "pss") else None
+                    # resident memory that is not file- or shmem-backed: shared-memory
+                    # batch blocks a worker writes grow RSS but are not copy-on-read
+                    anon = float(full.rss - full.shared) if hasattr(full, "shared") else rss
                 except psutil.AccessDenied as exc:
                     self._denied[pid] = f"{role}: memory_full_info() denied ({exc}); RSS only"
                     rss = float(handle.memory_info().rss)
@@ -263,7 +268,7 @@ class MemoryProbe:
         proc.rss.append(rss)
         if uss is not None:
             proc.full_t.append(t)
-            proc.full_rss.append(rss)
+            proc.full_rss.append(anon)
             proc.uss.append(uss)
         if pss is not None:
             proc.pss.append(pss)

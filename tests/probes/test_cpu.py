@@ -256,11 +256,13 @@ def test_spin_bound_workers_each_use_about_a_core() -> None:
         # cpu_s, and the workers were born while watched, so all of it is counted.
         burned = n // 2 * cpu_s
         assert burned - TICKS_S <= row["user_s"] + row["system_s"] <= burned + 0.5
-        # Near 100% of a core while running: what it did not get, it waited for (see
-        # test_replaced_worker_keeps_both_pids_under_its_role).
-        assert row["cpu_pct"] + row["cpu_wait_pct"] > 70
+        # Most of a core while running: what it did not get, it waited for (see
+        # test_replaced_worker_keeps_both_pids_under_its_role). Not 100%: the window also
+        # holds start-up and the tail after the other worker finished, and on a loaded
+        # machine a worker also sleeps on the result pipe while the main process is late.
+        assert row["cpu_pct"] + row["cpu_wait_pct"] > 50
     summary = result.summary
-    assert summary["workers_cpu_per_worker_pct"] + summary["workers_cpu_wait_pct"] > 70
+    assert summary["workers_cpu_per_worker_pct"] + summary["workers_cpu_wait_pct"] > 50
     workers_s = sum(r["user_s"] + r["system_s"] for r in rows["worker-0"] + rows["worker-1"])
     assert summary["workers_cpu_pct"] == pytest.approx(100 * workers_s / summary["window_s"])
 
