@@ -316,12 +316,13 @@ def _autotune(args: argparse.Namespace) -> int:
     if ab is not None:
         print(
             f"A/B: {ab.speedup:.2f}x, 95% interval {ab.interval[0]:.2f}x to {ab.interval[1]:.2f}x "
-            f"({ab.method}, {ab.rounds} interleaved rounds); current {ab.incumbent_rate:,.0f} "
-            f"samples/s, candidate {ab.candidate_rate:,.0f} samples/s"
+            f"over {ab.rounds} interleaved rounds; current {ab.incumbent_rate:,.0f} samples/s, "
+            f"candidate {ab.candidate_rate:,.0f} samples/s\n     interval: {ab.method}"
         )
     print(
-        f"trials: {len(result.trials)} ({counts or 'none'}) in {result.duration_s:.0f} s; "
-        f"study {result.study_name!r}" + (f" in {result.storage}" if result.storage else "")
+        f"trials: {len(result.trials)} ({counts or 'none'}) in {result.duration_s:.0f} s, "
+        f"search stopped: {result.stopped}; study {result.study_name!r}"
+        + (f" in {result.storage}" if result.storage else "")
     )
     print(f"wrote {out}, {out.parent / 'tune.json'}\n")
     print(snippet(result, str(out)), end="")

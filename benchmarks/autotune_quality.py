@@ -35,7 +35,7 @@ autotune's gain over the default.
 Usage::
 
     python benchmarks/autotune_quality.py            # full form: 4 workloads, full space
-    python benchmarks/autotune_quality.py --quick    # 2 workloads, a narrower space, < 2 min
+    python benchmarks/autotune_quality.py --quick    # latency and cpu, a narrower space
 """
 
 from __future__ import annotations

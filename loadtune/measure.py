@@ -447,7 +447,7 @@ def interleave(
     n = len(ratios)
     speedup = statistics.median(ratios)
     method = "t-interval on log ratios" + (
-        f", 95% over {looks} looks (Bonferroni: {level:.1%} each)" if looks > 1 else ""
+        f"; {looks} looks at {level:.1%} each (Bonferroni: 95% overall)" if looks > 1 else ""
     )
     span = f"{n} interleaved rounds" if looks == 1 else f"{n} of at most {rounds} rounds"
     if target_rate is None:

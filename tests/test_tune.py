@@ -151,7 +151,7 @@ def test_interleave_keeps_when_nothing_differs() -> None:
     assert ab.verdict == "keep" and "keep the current settings" in ab.reason
     # looks after rounds 3 and 4, each at 97.5%; it stops at 3 only if 1.05 is ruled out
     assert ab.rounds in (3, 4) and len(ab.ratios) == len(ab.incumbent_samples_per_s) == ab.rounds
-    assert ab.method == "t-interval on log ratios, 95% over 2 looks (Bonferroni: 97.5% each)"
+    assert ab.method == "t-interval on log ratios; 2 looks at 97.5% each (Bonferroni: 95% overall)"
     assert ab.interval == log_t_interval(list(ab.ratios), 0.975)
 
 
