@@ -449,7 +449,7 @@ def interleave(
     method = "t-interval on log ratios" + (
         f"; {looks} looks at {level:.1%} each (Bonferroni: 95% overall)" if looks > 1 else ""
     )
-    span = f"{n} interleaved rounds" if looks == 1 else f"{n} of at most {rounds} rounds"
+    span = f"{n} interleaved rounds" + (f", of at most {rounds}" if n < rounds else "")
     if target_rate is None:
         verdict = "apply" if low > goal else "keep"
         if verdict == "apply":
