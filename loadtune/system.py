@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from probes.gpu import cuda_unavailable_reason
 from probes.numa import format_cpulist, parse_cpulist, read_topology
 
 __all__ = ["NumaNode", "SystemInfo", "collect", "format_cpulist", "parse_cpulist"]
@@ -97,10 +98,9 @@ def _shm(root: Path) -> tuple[int | None, int | None]:
 def _cuda() -> tuple[bool, str, tuple[str, ...]]:
     import torch
 
-    if not torch.cuda.is_available():
-        if not torch.backends.cuda.is_built():
-            return False, f"torch {torch.__version__} was built without CUDA", ()
-        return False, "no CUDA device is visible (torch.cuda.is_available() is False)", ()
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        return False, reason, ()
     names = tuple(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     return True, "", names
 

@@ -39,6 +39,7 @@ import torch
 from torch._utils import KeyErrorMessage
 
 from probes.events import BatchEvent, EventLog
+from probes.gpu import cuda_unavailable_reason
 
 from ..errors import DataLoadingError, LoaderTimeoutError, WorkerCrashError
 from . import _resume
@@ -85,12 +86,8 @@ def _resolve_device(device: Any) -> torch.device | None:
         return None
     if dev.type != "cuda":
         raise ValueError(f"device should be a CUDA device or None, but got device={device!r}")
-    if not torch.cuda.is_available():
-        reason = (
-            f"torch {torch.__version__} was built without CUDA"
-            if not torch.backends.cuda.is_built()
-            else "no CUDA device is visible"
-        )
+    reason = cuda_unavailable_reason()
+    if reason is not None:
         warnings.warn(
             f"device={str(device)!r} was asked for but CUDA is not available ({reason}); "
             "batches stay on the CPU",
