@@ -24,6 +24,7 @@ wrapped dataset. See NOTE [ Shared cache ] below for its layout and locking.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import io
 import math
 import mmap
@@ -33,7 +34,7 @@ import secrets
 import struct
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from .errors import DataFormatError
+
+_MISSING = object()  # SharedCache._lookup: not in the cache (a sample may be None)
 
 __all__ = ["CacheStats", "RecordFile", "RecordWriter", "SharedCache"]
 
@@ -784,20 +787,49 @@ class SharedCache(Dataset):
             i += self._slots
         return i if 0 <= i < self._slots else None
 
+    def _lookup(self, att: _Attachment, slot: int | None) -> Any:
+        """The cached sample at ``slot`` (a hit, counted), or ``_MISSING``."""
+        if slot is None:
+            return _MISSING
+        with att:
+            state, offset, reserved, _ = att.table[slot].tolist()
+            if state != _READY:
+                return _MISSING
+            att.header[_H_HITS] += 1
+        return att.read(slot, offset, reserved)
+
     def __getitem__(self, index: int) -> Any:
         att = self._attached()
         slot = self._slot(index)
-        found = None
-        if slot is not None:
-            with att:
-                state, offset, reserved, _ = att.table[slot].tolist()
-                if state == _READY:
-                    att.header[_H_HITS] += 1
-                    found = offset, reserved
-        if found is not None:
-            sample = att.read(slot, *found)
-        else:
+        sample = self._lookup(att, slot)
+        if sample is _MISSING:
             sample = self.dataset[index]
+            self._admit(att, slot, sample)
+        return sample if self.transform is None else self.transform(sample)
+
+    @property
+    def aget(self) -> Callable[[int], Awaitable[Any]]:
+        """``await cache.aget(i)``: present only when the wrapped dataset has ``async def aget``.
+
+        A hit is read from shared memory without awaiting anything; a miss awaits the wrapped
+        dataset's ``aget`` and is admitted like a miss of ``cache[i]``. So a DataLoader with
+        ``fetch_concurrency`` > 1 keeps the dataset's requests on its event loop with the
+        cache in front. Without an ``aget`` on the wrapped dataset this attribute does not
+        exist (``getattr(cache, "aget", None)`` is None), and the loader uses ``cache[i]``.
+
+        Raises:
+            AttributeError: The wrapped dataset has no ``async def aget``.
+        """
+        if not inspect.iscoroutinefunction(getattr(self.dataset, "aget", None)):
+            raise AttributeError(f"{type(self.dataset).__name__} has no async def aget")
+        return self._aget
+
+    async def _aget(self, index: int) -> Any:
+        att = self._attached()
+        slot = self._slot(index)
+        sample = self._lookup(att, slot)
+        if sample is _MISSING:
+            sample = await self.dataset.aget(index)  # type: ignore[attr-defined]
             self._admit(att, slot, sample)
         return sample if self.transform is None else self.transform(sample)
 

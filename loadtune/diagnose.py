@@ -22,7 +22,18 @@ serial main process:
     X(N) = min( N / D_w,  (K - D_s_cpu X) / (u D_w) ,  1 / D_s )
 
 where the core bound is solved for X: ``K / (u D_w + c_s)`` with ``c_s`` the main
-process's CPU seconds per batch. Samples/s is ``X(N) x batch_size``. The prefetch depth
+process's CPU seconds per batch. Samples/s is ``X(N) x batch_size``.
+
+Requests in flight per worker (``fetch_concurrency`` k, loadtune's DataLoader): a worker
+with k fetch threads is a closed system of k customers that each need ``c = u D_w`` CPU
+seconds per batch (serialised by the GIL: one CPU at most) and otherwise wait, so its batch
+rate is bounded by ``min(k / D_1, 1 / c)``, with ``D_1`` the batch's wall time when its
+samples are fetched one after another. A profile at k0 measures ``D_w`` with k0 in flight;
+while the CPU is not what limits the worker, ``D_1 = k0 D_w``. The worker bound above becomes
+``N min(k / D_1, 1 / c)``; the core and consumer bounds do not change (threads add no CPU
+work). It overlaps waits that are independent, such as requests to storage or a service;
+waits that queue behind one another (one disk at its bandwidth) do not shrink, which is why
+it is advised for ``io_latency`` only. The prefetch depth
 does not move a steady-state bound; it absorbs variance between batches, so the model
 predicts the same rate for every prefetch_factor and says so. The point at the measured
 worker count is marked ``measured`` so a reader can see how well the model fits.
@@ -35,7 +46,7 @@ from dataclasses import dataclass
 
 from .results import Diagnosis, PredictionPoint, ProfileResult
 
-__all__ = ["BOTTLENECKS", "Inputs", "diagnose", "inputs", "predict"]
+__all__ = ["BOTTLENECKS", "Inputs", "diagnose", "inputs", "predict", "predict_concurrency"]
 
 BOTTLENECKS = (
     "io_latency",
@@ -87,6 +98,8 @@ class Inputs:
     copy_on_read: bool
     gpu_copy_s: float | None
     pin_memory: bool
+    fetch_concurrency: int = 1  # samples in flight per worker during the profile (k0)
+    backend: str = "loadtune"
 
 
 def _get(result: ProfileResult, probe: str, key: str) -> float | None:
@@ -167,6 +180,8 @@ def inputs(result: ProfileResult) -> Inputs:
         copy_on_read=bool(memory and memory.available and memory.detail.get("copy_on_read")),
         gpu_copy_s=gpu_copy,
         pin_memory=result.config.pin_memory,
+        fetch_concurrency=int(getattr(result.config, "fetch_concurrency", None) or 1),
+        backend=result.backend,
     )
 
 
@@ -350,20 +365,43 @@ RULES: dict[str, Rule] = {
 }
 
 
-def predict(i: Inputs, workers: range | None = None) -> tuple[tuple[PredictionPoint, ...], dict]:
-    """Samples/s predicted at other worker counts (NOTE [ Throughput model ])."""
+_CONCURRENCY = (1, 2, 4, 8, 16, 32)  # the fetch_concurrency values the advice looks at
+
+
+def predict(
+    i: Inputs, workers: range | None = None, fetch_concurrency: int | None = None
+) -> tuple[tuple[PredictionPoint, ...], dict]:
+    """Samples/s predicted at other worker counts (NOTE [ Throughput model ]).
+
+    Args:
+        i: The measured inputs (:func:`inputs`).
+        workers: The worker counts to predict (default 1 to ``max(4 x cores, 8)``).
+        fetch_concurrency: Samples in flight per worker to predict for (default: as
+            measured).
+
+    Returns:
+        The points (each with the bound that limits it) and the model's inputs; both empty
+        when the profile lacks the stages or cpu numbers the model needs.
+    """
     if not i.worker_s or i.worker_cpu_share is None or not i.batches_per_s:
         return (), {}
     d_w = i.worker_s
     u = i.worker_cpu_share
     d_s = (1.0 - i.stall) / i.batches_per_s
     c_s = (i.main_cpu_pct or 0.0) / 100.0 / i.batches_per_s
+    k0 = max(1, i.fetch_concurrency)
+    k = max(1, fetch_concurrency or k0)
+    c = u * d_w  # a worker's CPU seconds per batch
+    d_1 = k0 * d_w  # the batch's wall time with its samples fetched one after another
+    per_worker = min(k / d_1, 1.0 / c) if c > 0 else k / d_1
+    if k == k0:
+        per_worker = 1.0 / d_w  # as measured, without the closed-system approximation
     top = max(4 * i.cores, 2 * i.num_workers, 8)
     points = []
     for n in workers or range(1, top + 1):
         bounds = {
-            "workers": n / d_w,
-            "cores": i.free_cores / (u * d_w + c_s) if (u * d_w + c_s) > 0 else float("inf"),
+            "workers": n * per_worker,
+            "cores": i.free_cores / (c + c_s) if (c + c_s) > 0 else float("inf"),
             "consumer": 1.0 / d_s if d_s > 0 else float("inf"),
         }
         bound = min(bounds, key=bounds.get)
@@ -373,7 +411,8 @@ def predict(i: Inputs, workers: range | None = None) -> tuple[tuple[PredictionPo
                 prefetch_factor=2,
                 samples_per_s=bounds[bound] * i.batch_size,
                 bound=bound,
-                measured=n == i.num_workers,
+                measured=n == i.num_workers and k == k0,
+                fetch_concurrency=k,
             )
         )
     model = {
@@ -383,11 +422,58 @@ def predict(i: Inputs, workers: range | None = None) -> tuple[tuple[PredictionPo
         "main_cpu_s_per_batch": c_s,
         "cores": float(i.cores),
         "free_cores": i.free_cores,
+        "fetch_concurrency": float(k0),
     }
     return tuple(points), model
 
 
-def _recommend(verdict: str, i: Inputs, points: tuple[PredictionPoint, ...]) -> list[str]:
+def predict_concurrency(i: Inputs) -> tuple[PredictionPoint, ...]:
+    """Samples/s at the measured worker count for each fetch_concurrency in 1..32.
+
+    Empty without workers (fetch_concurrency acts inside worker processes) or without the
+    numbers the model needs.
+    """
+    if i.num_workers == 0:
+        return ()
+    out = []
+    for k in sorted({*_CONCURRENCY, max(1, i.fetch_concurrency)}):
+        points, _ = predict(i, range(i.num_workers, i.num_workers + 1), fetch_concurrency=k)
+        out.extend(points)
+    return tuple(out)
+
+
+def _fetch_advice(i: Inputs, fetch: tuple[PredictionPoint, ...]) -> str | None:
+    """The fetch_concurrency to set, with its predicted effect, or None if it would not help."""
+    if not fetch:
+        return None
+    best = max(fetch, key=lambda p: p.samples_per_s)
+    now = i.samples_per_s
+    if best.samples_per_s <= 1.1 * now:
+        return None
+    pick = min(
+        (p for p in fetch if p.samples_per_s >= 0.97 * best.samples_per_s),
+        key=lambda p: p.fetch_concurrency,
+    )
+    if pick.fetch_concurrency == i.fetch_concurrency:
+        return None
+    how = (
+        f"set fetch_concurrency={pick.fetch_concurrency}"
+        if i.backend == "loadtune"
+        else f"use loadtune.DataLoader with fetch_concurrency={pick.fetch_concurrency}"
+    )
+    return (
+        f"{how}: {pick.fetch_concurrency} samples in flight per worker, predicted "
+        f"{pick.samples_per_s:,.0f} samples/s with the same {i.num_workers} workers against "
+        f"{now:,.0f} now (then limited by {pick.bound}); threads, so no extra memory"
+    )
+
+
+def _recommend(
+    verdict: str,
+    i: Inputs,
+    points: tuple[PredictionPoint, ...],
+    fetch: tuple[PredictionPoint, ...] = (),
+) -> list[str]:
     best = max(points, key=lambda p: p.samples_per_s) if points else None
     now = i.samples_per_s
     out: list[str] = []
@@ -415,6 +501,8 @@ def _recommend(verdict: str, i: Inputs, points: tuple[PredictionPoint, ...]) -> 
             "not help"
         )
     elif verdict == "io_latency":
+        fetch = _fetch_advice(i, fetch)
+        out[:0] = [fetch] if fetch else []  # threads before processes: no extra memory
         out.append(
             "each sample waits on storage or the network: more workers (or more requests in "
             "flight per worker) hide that latency; the CPU is not the limit"
@@ -469,6 +557,7 @@ def diagnose(result: ProfileResult) -> Diagnosis:
             evidence = {"stall_fraction": i.stall}
     runner = next(((s, n) for s, n in scored[1:] if s[0] >= _RUNNER_UP_MIN and n != name), None)
     points, model = predict(i)
+    fetch = predict_concurrency(i) if points else ()
     return Diagnosis(
         bottleneck=name,
         explanation=text,
@@ -477,5 +566,6 @@ def diagnose(result: ProfileResult) -> Diagnosis:
         runner_up_explanation=runner[0][1] if runner else "",
         prediction=points,
         model=model,
-        recommendations=tuple(_recommend(name, i, points)),
+        recommendations=tuple(_recommend(name, i, points, fetch)),
+        fetch_prediction=fetch,
     )

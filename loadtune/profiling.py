@@ -26,11 +26,13 @@ from .targets import resolve
 
 __all__ = ["DEFAULT_PROBES", "make_probes", "profile"]
 
-DEFAULT_PROBES = ("stages", "cpu", "io", "memory", "numa", "gpu", "pyspy")
+# "cache" runs only when the loader's dataset is (or wraps) a SharedCache.
+DEFAULT_PROBES = ("stages", "cpu", "io", "memory", "numa", "gpu", "pyspy", "cache")
 
 
 def make_probes(names: Sequence[str]) -> list[Probe]:
     """Instances of the named probes (imported only when asked for)."""
+    from probes.cache import CacheProbe
     from probes.cpu import CpuProbe
     from probes.gpu import GpuProbe
     from probes.io import IoProbe
@@ -47,6 +49,7 @@ def make_probes(names: Sequence[str]) -> list[Probe]:
         "numa": NumaProbe,
         "gpu": GpuProbe,
         "pyspy": PySpyProbe,
+        "cache": CacheProbe,
     }
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -85,6 +88,18 @@ class _Sampler(threading.Thread):
         self._done.set()
         self.join()
         self.tick()  # one last reading at the end of the window
+
+
+def find_cache(dataset: Any, depth: int = 4) -> Any:
+    """The SharedCache that ``dataset`` is or wraps (``.dataset``, ``.datasets``), or None."""
+    from .datasets import SharedCache
+
+    if isinstance(dataset, SharedCache):
+        return dataset
+    if depth == 0 or dataset is None:
+        return None
+    inner = [getattr(dataset, "dataset", None), *(getattr(dataset, "datasets", None) or ())]
+    return next((c for c in (find_cache(d, depth - 1) for d in inner) if c is not None), None)
 
 
 def _worker_pids(it: Any) -> list[int]:
@@ -158,7 +173,10 @@ def profile(
         events=events,
         options=options,
     )
-    instances = make_probes(probes)
+    cache = find_cache(getattr(loader, "dataset", None))
+    if cache is not None:
+        options["cache"] = cache
+    instances = make_probes([n for n in probes if n != "cache" or cache is not None])
     sampler = _Sampler(instances, interval)
     results: dict[str, ProbeResult] = {}
 

@@ -104,13 +104,18 @@ class Measurement:
 
 @dataclass(frozen=True, slots=True)
 class PredictionPoint:
-    """Predicted throughput at one setting, with the bound that limits it."""
+    """Predicted throughput at one setting, with the bound that limits it.
+
+    ``fetch_concurrency`` is the samples each worker has in flight at once (1: one after
+    another, as torch's workers fetch them); files written before it existed read as 1.
+    """
 
     num_workers: int
     prefetch_factor: int | None
     samples_per_s: float
     bound: str
     measured: bool = False
+    fetch_concurrency: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +136,10 @@ class Diagnosis:
         evidence: The measured numbers the verdict rests on.
         runner_up: The second most likely bottleneck, or None.
         runner_up_explanation: Why, in one sentence.
-        prediction: Predicted samples/s at other worker counts (see diagnose.predict).
+        prediction: Predicted samples/s at other worker counts, at the measured
+            fetch_concurrency (see diagnose.predict).
+        fetch_prediction: Predicted samples/s at other fetch_concurrency values, at the
+            measured worker count (loadtune's DataLoader; empty where it would not help).
         model: The model's measured inputs (per-batch demands, cores, ...).
         recommendations: Plain sentences, most useful first.
     """
@@ -144,10 +152,12 @@ class Diagnosis:
     prediction: tuple[PredictionPoint, ...] = ()
     model: dict[str, float] = field(default_factory=dict)
     recommendations: tuple[str, ...] = ()
+    fetch_prediction: tuple[PredictionPoint, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["prediction"] = [p.to_dict() for p in self.prediction]
+        data["fetch_prediction"] = [p.to_dict() for p in self.fetch_prediction]
         data["recommendations"] = list(self.recommendations)
         return data
 
@@ -165,6 +175,9 @@ class Diagnosis:
             prediction=tuple(PredictionPoint.from_dict(p) for p in f.opt("prediction", [])),
             model=dict(f.opt("model", {})),
             recommendations=tuple(f.opt("recommendations", [])),
+            fetch_prediction=tuple(
+                PredictionPoint.from_dict(p) for p in f.opt("fetch_prediction", [])
+            ),
         )
 
 

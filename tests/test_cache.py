@@ -5,7 +5,9 @@ Datasets and transforms are at module top level so that spawned workers can impo
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import inspect
 import multiprocessing as mp
 import os
 import pickle
@@ -48,6 +50,25 @@ class Squares(Dataset):
         self.calls += 1
         if self.sleep_s:
             time.sleep(self.sleep_s)
+        return torch.full((self.width,), float(i * i)), int(i)
+
+
+class AsyncSquares(Squares):
+    """Squares with ``async def aget``; each call of either path counted in shared memory."""
+
+    def __init__(self, n: int, calls: Any, width: int = SMALL) -> None:
+        super().__init__(n, width)
+        self.shared_calls = calls  # [__getitem__ calls, aget calls]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with self.shared_calls.get_lock():
+            self.shared_calls[0] += 1
+        return super().__getitem__(i)
+
+    async def aget(self, i: int) -> tuple[torch.Tensor, int]:
+        with self.shared_calls.get_lock():
+            self.shared_calls[1] += 1
+        await asyncio.sleep(0.002)
         return torch.full((self.width,), float(i * i)), int(i)
 
 
@@ -214,6 +235,24 @@ def test_first_epoch_misses_every_sample_and_the_second_hits_every_one(
     assert second.bytes_held == first.bytes_held > 24 * BIG * 4
     if workers == 0:
         assert data.calls == 24  # the wrapped dataset was not asked again
+
+
+def test_aget_passes_through_the_cache(clean: None) -> None:
+    calls = mp.Array("i", 2)
+    cache = SharedCache(AsyncSquares(24, calls), max_bytes=1 << 20)
+    assert inspect.iscoroutinefunction(cache.aget)
+    assert getattr(SharedCache(Squares(4), max_bytes=1 << 20), "aget", None) is None
+    loader = DataLoader(cache, batch_size=5, num_workers=2, fetch_concurrency=4)
+    before = cache.stats()
+    assert _run_epoch(loader) == list(range(24))
+    first = cache.stats()
+    assert _delta(first, before) == _counts(misses=24, admitted=24)
+    assert list(calls) == [0, 24]  # every miss went through aget, none through __getitem__
+    assert _run_epoch(loader) == list(range(24))
+    assert _delta(cache.stats(), first) == _counts(hits=24)
+    assert list(calls) == [0, 24]
+    x, y = asyncio.run(cache.aget(3))  # a hit needs no event loop of the dataset's
+    assert y == 3 and torch.equal(x, torch.full((SMALL,), 9.0))
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from torch.utils.data import Dataset
 
 from loadtune import DataLoader
 from loadtune.config import LoaderConfig
-from loadtune.diagnose import BOTTLENECKS, RULES, diagnose
+from loadtune.diagnose import BOTTLENECKS, RULES, diagnose, inputs, predict
 from loadtune.measure import measure
 from loadtune.profiling import profile
 from loadtune.results import Diagnosis, Measurement, PredictionPoint, ProfileResult
@@ -352,11 +353,17 @@ def test_prediction_points_follow_the_formula() -> None:
             "main_cpu_s_per_batch": 0.002,
             "cores": 2.0,
             "free_cores": 2.0,  # no system CPU reading: every core counts as free
+            "fetch_concurrency": 1.0,
         },
         rel=EXACT,
     )
     # 8 workers reach 1333 samples/s (the cores) against 400 now; 7 workers get there too.
-    assert d.recommendations[0].startswith("set num_workers=7: predicted 1,333 samples/s")
+    assert d.recommendations[1].startswith("set num_workers=7: predicted 1,333 samples/s")
+    # So do the same 2 workers with 4 samples in flight each (a worker gives
+    # min(4 / 0.04, 1 / 0.01) = 100 batches/s): the cheaper advice comes first.
+    assert d.recommendations[0].startswith(
+        "set fetch_concurrency=4: 4 samples in flight per worker, predicted 1,333 samples/s"
+    )
 
 
 def test_cores_busy_with_other_tenants_are_not_counted() -> None:
@@ -380,6 +387,76 @@ def test_prediction_is_bounded_by_a_slow_consumer() -> None:
     assert _same_points(d.prediction, expected_points(2, 0.04, 0.25, 0.4, 50.0, 10.0, 2, 8))
     assert [p.bound for p in d.prediction] == ["workers"] * 3 + ["consumer"] * 5
     assert d.prediction[-1].samples_per_s == pytest.approx(8 / 0.012, rel=EXACT)
+
+
+def latency_result(backend: str = "loadtune") -> ProfileResult:
+    """Two workers that wait 39.5 ms per batch and spend 2% of it on a CPU."""
+    st = stages(fetch=0.0395, collate=0.0003, pack=0.0002)
+    result = make_result(stages=st, cpu=cpu(2.0, 0.0, main=10.0), io=quiet_io())
+    return replace(result, backend=backend)
+
+
+def test_fetch_concurrency_prediction_follows_the_closed_system_bound() -> None:
+    d = diagnose(latency_result())
+    assert d.bottleneck == "io_latency"
+    # D_w = D_1 = 0.04 s (k0 = 1), c = 0.02 x 0.04 = 0.0008 s of CPU a batch, so a worker
+    # gives min(k / 0.04, 1 / 0.0008) batches/s; cores: 2 / (0.0008 + 0.002) = 714.3;
+    # consumer: 1 / 0.002 = 500. Two workers, batches of 8.
+    got = {p.fetch_concurrency: p for p in d.fetch_prediction}
+    assert sorted(got) == [1, 2, 4, 8, 16, 32]
+    assert all(p.num_workers == 2 for p in d.fetch_prediction)
+    for k, rate, bound in [
+        (1, 2 * 25.0, "workers"),
+        (4, 2 * 100.0, "workers"),
+        (8, 2 * 200.0, "workers"),
+        (16, 500.0, "consumer"),
+        (32, 500.0, "consumer"),
+    ]:
+        assert got[k].samples_per_s == pytest.approx(rate * 8, rel=EXACT), k
+        assert got[k].bound == bound, k
+    assert [p.measured for p in d.fetch_prediction] == [True, False, False, False, False, False]
+    # Threads first: the cheapest k within 3% of the best, with its predicted effect.
+    assert d.recommendations[0] == (
+        "set fetch_concurrency=16: 16 samples in flight per worker, predicted 4,000 samples/s "
+        "with the same 2 workers against 400 now (then limited by consumer); threads, so no "
+        "extra memory"
+    )
+    assert d.recommendations[1].startswith("set num_workers=")
+
+
+def test_fetch_concurrency_advice_for_torch_names_our_loader() -> None:
+    d = diagnose(latency_result(backend="torch"))
+    assert d.recommendations[0].startswith(
+        "use loadtune.DataLoader with fetch_concurrency=16: 16 samples in flight per worker"
+    )
+
+
+def test_fetch_concurrency_from_a_profile_at_k0_scales_the_serial_time() -> None:
+    # Measured with 4 in flight: D_w = 0.04 s is a quarter of the serial 0.16 s a batch.
+    i = replace(inputs(latency_result()), fetch_concurrency=4)
+    (at1,), _ = predict(i, range(2, 3), fetch_concurrency=1)
+    (at4,), _ = predict(i, range(2, 3))
+    (at8,), model = predict(i, range(2, 3), fetch_concurrency=8)
+    assert at1.samples_per_s == pytest.approx(2 * (1 / 0.16) * 8, rel=EXACT)
+    assert at4.samples_per_s == pytest.approx(2 * 25.0 * 8, rel=EXACT) and at4.measured
+    assert at8.samples_per_s == pytest.approx(2 * 50.0 * 8, rel=EXACT) and not at8.measured
+    assert model["fetch_concurrency"] == 4.0
+
+
+def test_no_fetch_concurrency_advice_when_workers_compute() -> None:
+    # A worker on a CPU all the time: c = D_w, so k threads give min(k / D_w, 1 / D_w).
+    st = stages(fetch=0.0395, collate=0.0003, pack=0.0002)
+    d = diagnose(make_result(stages=st, cpu=cpu(100.0, 0.0, main=10.0), io=quiet_io()))
+    assert d.bottleneck == "worker_cpu"
+    rates = {p.samples_per_s for p in d.fetch_prediction}
+    assert len(rates) == 1  # the same at every k
+    assert not any("fetch_concurrency" in r for r in d.recommendations)
+
+
+def test_no_fetch_prediction_without_workers() -> None:
+    st = stages(fetch=0.0395, collate=0.0003, pack=0.0002)
+    d = diagnose(make_result(num_workers=0, stages=st, cpu=cpu(2.0, 0.0), io=quiet_io()))
+    assert d.fetch_prediction == ()
 
 
 def _same_points(got: tuple[PredictionPoint, ...], want: list[PredictionPoint]) -> bool:
@@ -562,5 +639,23 @@ def test_prediction_for_more_workers_matches_a_measurement() -> None:
     # 3 fresh loaders of 40 batches each (about 0.4 s at the predicted rate); the median.
     config = LoaderConfig(num_workers=4, batch_size=8)
     measured = measure(sleep_loader, config, batches=40, warmup=5, repeats=3)
+    ratio = predicted.samples_per_s / measured.samples_per_s
+    assert 0.75 <= ratio <= 1.25, (predicted, measured)
+
+
+def sleep_loader_k4(config: LoaderConfig | None) -> DataLoader:
+    """The latency-bound loader, 2 workers with 4 samples in flight each."""
+    return DataLoader(Sleep(), batch_size=8, num_workers=2, fetch_concurrency=4)
+
+
+@pytest.mark.slow
+def test_prediction_for_more_fetch_concurrency_matches_a_measurement() -> None:
+    result = profile(sleep_loader(None), batches=None, seconds=WINDOW_S, warmup=4, probes=PROBES)
+    d = result.diagnosis
+    assert d is not None and d.bottleneck == "io_latency", d
+    predicted = next(p for p in d.fetch_prediction if p.fetch_concurrency == 4)
+    assert predicted.num_workers == 2
+    config = LoaderConfig(num_workers=2, batch_size=8)
+    measured = measure(sleep_loader_k4, config, batches=40, warmup=5, repeats=3)
     ratio = predicted.samples_per_s / measured.samples_per_s
     assert 0.75 <= ratio <= 1.25, (predicted, measured)
