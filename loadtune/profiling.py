@@ -4,6 +4,22 @@ One sampler thread drives every probe (NOTE [ Probe contract ] in probes/base.py
 probes start when the steady window opens (after the first batch and the warm-up, so
 worker start-up is measured apart as time to first batch) and stop when it closes, while
 the workers are still alive.
+
+# NOTE [ Probe overhead ]
+On a machine whose cores the workers keep busy, every CPU millisecond a probe spends is
+taken from a worker: on 2 cores, 3% of the throughput is about 60 ms of CPU per second
+for everything the probes do. So the probes' CPU is measured, not guessed, and saved in
+``ProfileResult.overhead``: ``sampler_cpu_s`` (the sampler thread, which runs every
+probe's ``sample()`` in the main process; ``diagnose`` takes it off the main process's
+CPU), ``sampler_window_cpu_s`` (the same without the first tick, which runs before the
+stopwatch starts, and the last, after it stops), ``sample_cpu_s.<probe>`` (that, per
+probe), ``pyspy_cpu_s`` (the py-spy recorders, separate processes, from the window's
+opening to their stop), ``pyspy_start_cpu_s`` (their start-up, before it) and
+``probes_window_s`` (the first tick to the last). The window figures divided by
+``probes_window_s`` are the probes' CPU seconds per second of window. The two dear costs
+are budgeted where they arise: NOTE [ py-spy recorder settings ] in probes/pyspy.py and
+NOTE [ Memory probe budget ] in probes/memory.py. ``benchmarks/probe_overhead.py`` prints
+these figures beside the throughput ratio they explain.
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ from .measure import Step, make_step, time_window
 from .results import Measurement, ProfileResult, save
 from .targets import resolve
 
-__all__ = ["DEFAULT_PROBES", "make_probes", "profile"]
+__all__ = ["DEFAULT_PROBES", "expected_window", "make_probes", "profile"]
 
 # "cache" runs only when the loader's dataset is (or wraps) a SharedCache.
 DEFAULT_PROBES = ("stages", "cpu", "io", "memory", "numa", "gpu", "pyspy", "cache")
@@ -66,19 +82,45 @@ class _Sampler(threading.Thread):
         self.interval = interval
         self.failed: dict[str, str] = {}
         self.cpu_s = 0.0  # CPU time the probes spent in this process (the sampler's cost)
+        # The same, for the ticks inside the window only (not the first and the last), per
+        # probe: see NOTE [ Probe overhead ]
+        self.window_cpu_s: dict[str, float] = {probe.name: 0.0 for probe in probes}
+        self.first: float | None = None  # monotonic times of the first and last tick
+        self.last: float | None = None
         self._done = threading.Event()
 
-    def tick(self) -> None:
+    def tick(self, edge: bool = False) -> None:
+        """Sample every probe once; ``edge``: the tick that opens or closes the window."""
         cpu0 = time.thread_time()
         now = time.monotonic()
+        if self.first is None:
+            self.first = now
+        self.last = now
         for probe in self.probes:
             if probe.name in self.failed:
                 continue
+            before = time.thread_time()
             try:
                 probe.sample(now)
             except Exception as exc:  # a broken probe is reported, and the others go on
                 self.failed[probe.name] = f"failed while sampling: {type(exc).__name__}: {exc}"
+            if not edge:
+                self.window_cpu_s[probe.name] += time.thread_time() - before
         self.cpu_s += time.thread_time() - cpu0
+
+    def overhead(self, results: dict[str, ProbeResult]) -> dict[str, float]:
+        """What the probes cost: see NOTE [ Probe overhead ]."""
+        out = {"sampler_cpu_s": self.cpu_s}
+        out["sampler_window_cpu_s"] = sum(self.window_cpu_s.values())
+        for name, cpu_s in self.window_cpu_s.items():
+            out[f"sample_cpu_s.{name}"] = cpu_s
+        pyspy = results.get("pyspy")
+        if pyspy is not None and "recorder_cpu_s" in pyspy.summary:
+            out["pyspy_cpu_s"] = pyspy.summary["recorder_cpu_s"]
+            out["pyspy_start_cpu_s"] = pyspy.summary.get("recorder_start_cpu_s", 0.0)
+        if self.first is not None and self.last is not None:
+            out["probes_window_s"] = self.last - self.first
+        return out
 
     def run(self) -> None:
         while not self._done.wait(self.interval):
@@ -87,7 +129,7 @@ class _Sampler(threading.Thread):
     def stop(self) -> None:
         self._done.set()
         self.join()
-        self.tick()  # one last reading at the end of the window
+        self.tick(edge=True)  # one last reading at the end of the window
 
 
 def find_cache(dataset: Any, depth: int = 4) -> Any:
@@ -100,6 +142,46 @@ def find_cache(dataset: Any, depth: int = 4) -> Any:
         return None
     inner = [getattr(dataset, "dataset", None), *(getattr(dataset, "datasets", None) or ())]
     return next((c for c in (find_cache(d, depth - 1) for d in inner) if c is not None), None)
+
+
+def expected_window(
+    batches: int | None,
+    seconds: float | None,
+    warmup: int,
+    first_batch_at: float | None,
+    now: float,
+) -> float | None:
+    """How long the window will last, in seconds, as far as can be told when it opens.
+
+    ``seconds`` when given (at most that); for a window of ``batches``, the warm-up's pace
+    (its ``warmup - 1`` batches after the first, from ``first_batch_at`` to ``now``) times
+    ``batches``. Batches prefetched during start-up make a warm-up look fast, so this errs
+    short, which only keeps the py-spy rate at its CPU budget (probes.pyspy.choose_rate).
+
+    Args:
+        batches: Batches in the window, or None.
+        seconds: The window's length limit, or None.
+        warmup: Warm-up batches, the first batch included.
+        first_batch_at: Monotonic time the first batch arrived, or None.
+        now: Monotonic time now, when the warm-up is over.
+
+    Returns:
+        The estimate, or None when there is nothing to go on.
+
+    Example:
+        >>> expected_window(200, None, 5, 10.0, 10.5)  # 4 warm-up batches in 0.5 s
+        25.0
+        >>> expected_window(200, 5.0, 5, 10.0, 10.5), expected_window(200, None, 1, 10.0, 10.0)
+        (5.0, None)
+    """
+    estimate = None
+    if batches is not None and warmup >= 2 and first_batch_at is not None:
+        pace = (now - first_batch_at) / (warmup - 1)
+        if pace > 0:
+            estimate = pace * batches
+    if seconds is not None:
+        return seconds if estimate is None else min(seconds, estimate)
+    return estimate
 
 
 def _worker_pids(it: Any) -> list[int]:
@@ -182,8 +264,14 @@ def profile(
 
     def on_first_batch(batch: Any) -> None:
         options["sample_batch"] = batch
+        holder["first_batch_at"] = time.monotonic()
 
     def on_window_start() -> None:
+        window_s = expected_window(
+            batches, seconds, warmup, holder.get("first_batch_at"), time.monotonic()
+        )
+        if window_s is not None:
+            options["window_s"] = window_s  # the py-spy probe's rate rule reads it
         for probe in instances:
             try:
                 probe.start(watch)
@@ -192,7 +280,7 @@ def profile(
 
     def on_clock_start() -> None:
         # the probes' first sample opens their window: the same moment as the stopwatch's
-        sampler.tick()
+        sampler.tick(edge=True)
         sampler.start()
 
     def on_window_end(run: Any) -> None:
@@ -251,7 +339,7 @@ def profile(
         probes=results,
         step=step_text,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        overhead={"sampler_cpu_s": sampler.cpu_s},
+        overhead=sampler.overhead(results),
     )
     from .diagnose import diagnose
 

@@ -16,12 +16,30 @@ while the worker runs, but RSS barely moves, because those pages were resident (
 counted in RSS) since the fork; only who owns them changes. A worker that allocates grows
 RSS and USS together instead. The cure is data that is not a Python object per item
 (numpy arrays, torch tensors, one bytes blob with offsets).
+
+# NOTE [ Memory probe budget ]
+USS and PSS come from ``memory_full_info()``, for which the kernel walks every page table
+entry of the process (``/proc/<pid>/smaps_rollup``): about 5 ms for a worker that imported
+torch (200 MiB resident), 14 ms for a process holding 800 MiB of Python objects (in small
+pages; huge pages walk faster), so about 0.2 s for a training process holding 10 GiB of
+them. That CPU is the sampler thread's, in the main process, and on a busy machine it is
+taken from the loader. So USS and PSS are read at the first sample, then again no sooner
+than ``memory_full_interval`` seconds (1) and no sooner than the last reading's CPU cost
+divided by ``memory_full_budget`` (0.005, half a percent of one core; 0 turns the budget
+off): a 15 ms reading of three processes waits 3 s. RSS, which is cheap, is read at every
+sample. ``stop()``, which runs after the window has closed, reads USS and PSS once more
+when the last sample did not, so growth and copy-on-read are judged over the whole window;
+being steady takes four readings, so a window of about three gaps (9 s for those three
+processes). ``detail`` has ``uss_pss_readings`` and ``uss_pss_cpu_s`` (their CPU seconds,
+stop()'s included).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +63,8 @@ _STEP_SHARE = 0.05
 _MIN_STEPS = 3
 # Copy-on-read: RSS grew by at most this share of the USS growth (see NOTE [ Copy-on-read ]).
 _COW_RSS_SHARE = 0.5
+# Share of one core that USS/PSS readings may use on average (NOTE [ Memory probe budget ]).
+FULL_BUDGET = 0.005
 
 
 @dataclass(slots=True)
@@ -136,8 +156,12 @@ class MemoryProbe:
     ``total_pss_bytes``, ``shm_used_bytes``, ``available_bytes``. Detail: ``processes`` (one
     row per pid: role, pid, samples, peak RSS/USS/PSS, alive), ``growth`` (one row per worker
     pid, see :func:`growth`), ``copy_on_read`` (True when any worker shows it),
-    ``copy_on_read_workers``, ``shm_path``, and ``uss_pss`` or ``shm`` when those could not
-    be read, with why.
+    ``copy_on_read_workers``, ``shm_path``, ``uss_pss_readings`` and ``uss_pss_cpu_s``, and
+    ``uss_pss`` or ``shm`` when those could not be read, with why.
+
+    Options read from ``Watch.options``: ``shm_path`` (default ``/dev/shm``),
+    ``memory_full_interval`` (seconds, default 1) and ``memory_full_budget`` (share of one
+    core, default 0.005): how often USS and PSS are read, see NOTE [ Memory probe budget ].
 
     Example:
         >>> probe = MemoryProbe()
@@ -149,8 +173,15 @@ class MemoryProbe:
 
     name: str = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, *, cpu_clock: Callable[[], float] = time.thread_time) -> None:
+        """Make a probe.
+
+        Args:
+            cpu_clock: The CPU clock that prices USS/PSS readings (see NOTE [ Memory
+                probe budget ]); this thread's CPU time, or a fake one in tests.
+        """
         self._watch = Watch()
+        self._cpu_clock = cpu_clock
         self._reset()
 
     def start(self, watch: Watch) -> None:
@@ -159,9 +190,16 @@ class MemoryProbe:
         self._reset()
 
     def _reset(self) -> None:
-        self._shm_path = str(self._watch.options.get("shm_path", "/dev/shm"))
-        self._full_interval = float(self._watch.options.get("memory_full_interval", 1.0))
+        options = self._watch.options
+        self._shm_path = str(options.get("shm_path", "/dev/shm"))
+        self._full_interval = float(options.get("memory_full_interval", 1.0))
+        self._full_budget = float(options.get("memory_full_budget", FULL_BUDGET))
         self._last_full: float | None = None
+        self._full_gap = self._full_interval  # seconds from one USS/PSS reading to the next
+        self._full_cpu_s = 0.0  # CPU spent on USS/PSS readings, in sample() and stop()
+        self._full_readings = 0
+        self._last_t: float | None = None
+        self._last_t_full = False
         self._t0: float | None = None
         self._procs: dict[int, _Proc] = {}
         # Per sample: (t, total rss, total pss or None, workers' uss or None)
@@ -188,12 +226,14 @@ class MemoryProbe:
             self._available.append((t, float(psutil.virtual_memory().available)))
         except (OSError, psutil.Error):
             pass
-        # memory_full_info() walks every mapping (/proc/pid/smaps_rollup): milliseconds per
-        # process, so USS and PSS are read at most once per ``memory_full_interval`` seconds
-        # and plain RSS (cheap) at every sample; growth is fitted on the USS readings alone.
-        full = self._last_full is None or now - self._last_full >= self._full_interval
+        full = self._last_full is None or now - self._last_full >= self._full_gap
         if full:
             self._last_full = now
+        self._read_all(t, full)
+
+    def _read_all(self, t: float, full: bool, again: bool = False) -> None:
+        """Read every watched process at probe time ``t``; ``again``: replace that reading."""
+        cpu0 = self._cpu_clock() if full else 0.0
         listed = watched_pids(self._watch)
         seen = set(listed.values())
         for proc in self._procs.values():
@@ -202,7 +242,7 @@ class MemoryProbe:
         rss_sum, pss_sum, workers_uss = 0.0, 0.0, 0.0
         pss_complete, uss_complete, any_read, any_worker = True, True, False, False
         for role, pid in listed.items():
-            reading = self._read(role, pid, t, full)
+            reading = self._read(role, pid, t, full, again)
             if reading is None:
                 continue
             any_read = True
@@ -219,6 +259,8 @@ class MemoryProbe:
                 else:
                     workers_uss += uss
         if any_read:
+            if again and self._totals and self._totals[-1][0] == t:
+                self._totals.pop()
             self._totals.append(
                 (
                     t,
@@ -227,11 +269,23 @@ class MemoryProbe:
                     workers_uss if any_worker and uss_complete else None,
                 )
             )
+        self._last_t, self._last_t_full = t, full
+        if full:
+            cost = max(0.0, self._cpu_clock() - cpu0)
+            self._full_cpu_s += cost
+            self._full_readings += 1
+            # NOTE [ Memory probe budget ]: the next reading waits until this one's cost
+            # is at most the budgeted share of the time between them.
+            gap = cost / self._full_budget if self._full_budget > 0 else 0.0
+            self._full_gap = max(self._full_interval, gap)
 
     def _read(
-        self, role: str, pid: int, t: float, full: bool = True
+        self, role: str, pid: int, t: float, full: bool = True, again: bool = False
     ) -> tuple[float, float | None, float | None] | None:
-        """(rss, uss, pss) of ``pid`` now, recorded; None when it is gone or unreadable."""
+        """(rss, uss, pss) of ``pid`` now, recorded; None when it is gone or unreadable.
+
+        ``again``: this reading replaces one already recorded at ``t`` (stop()'s last one).
+        """
         proc = self._procs.get(pid)
         uss: float | None = None
         pss: float | None = None
@@ -264,6 +318,9 @@ class MemoryProbe:
             proc = self._procs[pid] = _Proc(role, pid, handle)
         proc.role = role
         proc.alive = True
+        if again and proc.t and proc.t[-1] == t:
+            proc.t.pop()
+            proc.rss.pop()
         proc.t.append(t)
         proc.rss.append(rss)
         if uss is not None:
@@ -275,7 +332,13 @@ class MemoryProbe:
         return rss, uss, pss
 
     def stop(self) -> ProbeResult:
-        """Return what was seen; unavailable when no process could be read."""
+        """Return what was seen; unavailable when no process could be read.
+
+        When the last sample read RSS only, USS and PSS are read once more and stand for
+        that sample, so growth spans the whole window (NOTE [ Memory probe budget ]).
+        """
+        if self._last_t is not None and not self._last_t_full:
+            self._read_all(self._last_t, full=True, again=True)
         if not self._procs:
             if self._unreadable:
                 reasons = "; ".join(sorted(set(self._unreadable.values())))
@@ -307,6 +370,8 @@ class MemoryProbe:
             summary["peak_workers_uss_bytes"] = max(uss_totals)
         if self._denied:
             detail["uss_pss"] = {str(pid): why for pid, why in sorted(self._denied.items())}
+        detail["uss_pss_readings"] = self._full_readings
+        detail["uss_pss_cpu_s"] = self._full_cpu_s
 
         growths = []
         best: dict[str, tuple[int, dict[str, Any]]] = {}  # role -> (samples, growth row)
@@ -343,15 +408,16 @@ class MemoryProbe:
             series.append(_series("available_bytes", self._available))
 
         for role in sorted({p.role for p in procs}):
+            members = [p for p in procs if p.role == role]
             for kind in ("rss", "uss", "pss"):
-                points = sorted(
-                    (t, v)
-                    for p in procs
-                    if p.role == role and len(getattr(p, kind)) == len(p.t)
-                    for t, v in zip(p.t, getattr(p, kind), strict=True)
-                )
+                points: list[tuple[float, float]] = []
+                for p in members:
+                    # USS and PSS have their own, sparser, times: NOTE [ Memory probe budget ]
+                    times, values = (p.t if kind == "rss" else p.full_t), getattr(p, kind)
+                    if len(values) == len(times):
+                        points.extend(zip(times, values, strict=True))
                 if points:
-                    series.append(_series(f"{role}_{kind}_bytes", points))
+                    series.append(_series(f"{role}_{kind}_bytes", sorted(points)))
         if self._unreadable:
             detail["unreadable"] = {str(pid): why for pid, why in sorted(self._unreadable.items())}
         return ProbeResult(self.name, summary=summary, series=tuple(series), detail=detail)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ import torch
 import cli
 from loadtune import DataLoader
 from loadtune.errors import ResultFormatError, TargetError
-from loadtune.profiling import profile
+from loadtune.profiling import expected_window, profile
 from loadtune.results import ProfileResult, load, save
+from probes.pyspy import choose_rate, find_pyspy
 
 
 class Sleepy(torch.utils.data.Dataset):
@@ -45,6 +47,71 @@ def test_profile_measures_the_window_and_writes_its_files(tmp_path: Path) -> Non
     trace = json.loads((tmp_path / "trace.json").read_text())
     names = {e["args"].get("name") for e in trace["traceEvents"] if e.get("ph") == "M"}
     assert {"worker 0", "worker 1", "main"} <= names
+
+
+def test_overhead_accounts_for_every_probe() -> None:
+    loader = DataLoader(Sleepy(), batch_size=4, num_workers=2)
+    # a window of about 0.25 s (60 batches of 4 samples of 2 ms, 2 workers): a dozen ticks
+    probes = ["stages", "cpu", "memory"]
+    result = profile(loader, batches=60, warmup=3, probes=probes, interval=0.02)
+    o = result.overhead
+    assert set(o) == {
+        "sampler_cpu_s",
+        "sampler_window_cpu_s",
+        "sample_cpu_s.stages",
+        "sample_cpu_s.cpu",
+        "sample_cpu_s.memory",
+        "probes_window_s",
+    }
+    split = o["sample_cpu_s.stages"] + o["sample_cpu_s.cpu"] + o["sample_cpu_s.memory"]
+    assert o["sampler_window_cpu_s"] == pytest.approx(split)
+    # the window's ticks are a part of all ticks, which also open and close the window
+    assert 0.0 < o["sampler_window_cpu_s"] < o["sampler_cpu_s"]
+    # the sampler's first and last tick are the CPU probe's first and last sample
+    cpu = result.probes["cpu"].summary["window_s"]
+    assert o["probes_window_s"] == pytest.approx(cpu, rel=1e-9)
+
+
+def test_pyspy_in_a_profile_gets_the_rule_rate_and_its_cpu_is_counted() -> None:
+    if find_pyspy() is None:
+        pytest.skip("py-spy is not installed")
+    loader = DataLoader(Sleepy(), batch_size=4, num_workers=2)
+    result = profile(loader, batches=20, warmup=3, probes=["stages", "pyspy"])
+    pyspy = result.probes["pyspy"]
+    assert pyspy.available, pyspy.reason
+    cores = len(os.sched_getaffinity(0))
+    # a window of well under a minute: the CPU budget, not the sample target, sets the rate
+    assert pyspy.detail["rate_per_s"] == choose_rate(3, cores)
+    assert pyspy.detail["rate_rule"].startswith(
+        f"choose_rate: 3 processes, {cores} cores, window ~"
+    )
+    o = result.overhead
+    assert o["pyspy_cpu_s"] == pyspy.summary["recorder_cpu_s"] > 0.0
+    assert o["pyspy_start_cpu_s"] == pyspy.summary["recorder_start_cpu_s"] > 0.0
+
+
+@pytest.mark.parametrize(
+    ("batches", "seconds", "warmup", "first", "now", "expected"),
+    [
+        (200, None, 5, 10.0, 10.5, 25.0),  # 4 warm-up batches in 0.5 s, times 200
+        (200, 5.0, 5, 10.0, 10.5, 5.0),  # the time limit comes first
+        (200, 60.0, 5, 10.0, 10.5, 25.0),  # the batches come first
+        (None, 8.0, 5, 10.0, 10.5, 8.0),
+        (200, None, 1, 10.0, 10.0, None),  # no warm-up after the first batch: no pace
+        (200, None, 5, None, 10.5, None),  # no first batch seen
+        (200, None, 5, 10.0, 10.0, None),  # no time passed: no pace
+        (200, 3.0, 1, None, 10.0, 3.0),
+    ],
+)
+def test_expected_window(
+    batches: int | None,
+    seconds: float | None,
+    warmup: int,
+    first: float | None,
+    now: float,
+    expected: float | None,
+) -> None:
+    assert expected_window(batches, seconds, warmup, first, now) == expected
 
 
 def test_torch_loader_is_profiled_from_outside() -> None:

@@ -23,8 +23,9 @@ from probes.memory import MemoryProbe, growth
 
 MIB = 1 << 20
 
-# USS/PSS at every sample (the probe reads them once a second by default)
-EVERY = {"memory_full_interval": 0}
+# USS/PSS at every sample (by default the probe reads them at most once a second, within a
+# CPU budget)
+EVERY = {"memory_full_interval": 0, "memory_full_budget": 0}
 
 
 class Grow(Dataset):
@@ -302,11 +303,57 @@ def test_flat_workers_are_not_flagged() -> None:
     assert result.detail["copy_on_read"] is False
 
 
+class FakeCpu:
+    """A CPU clock on which every USS/PSS reading of all processes costs ``cost`` seconds."""
+
+    def __init__(self, cost: float) -> None:
+        self.cost, self.now = cost, 0.0
+
+    def __call__(self) -> float:
+        # the probe reads the clock before and after each reading, and nowhere else
+        self.now += self.cost
+        return self.now
+
+
 def test_uss_and_pss_are_read_once_per_interval_rss_every_sample() -> None:
-    probe = MemoryProbe()
+    probe = MemoryProbe(cpu_clock=FakeCpu(0.0))
     probe.start(Watch(options={"memory_full_interval": 1.0}))
     for k in range(11):  # 0.0, 0.1, ... 1.0 s on a fake clock
         probe.sample(500.0 + 0.1 * k)
     main = probe._procs[os.getpid()]
     assert len(main.t) == 11 and len(main.rss) == 11
     assert main.full_t == [0.0, 1.0] and len(main.uss) == 2
+    result = probe.stop()  # the last sample read USS already: nothing is read again
+    assert result.detail["uss_pss_readings"] == 2
+    assert main.full_t == [0.0, 1.0] and len(main.t) == 11
+
+
+def test_uss_and_pss_readings_keep_within_their_cpu_budget() -> None:
+    # Each reading costs 12.5 ms of CPU; at 0.5% of a core the next waits 2.5 s.
+    probe = MemoryProbe(cpu_clock=FakeCpu(0.0125))
+    probe.start(Watch(options={"memory_full_interval": 1.0, "memory_full_budget": 0.005}))
+    for k in range(11):  # 0, 1, ... 10 s on a fake clock
+        probe.sample(700.0 + k)
+    main = probe._procs[os.getpid()]
+    assert main.full_t == [0.0, 3.0, 6.0, 9.0]
+    assert main.t == [float(k) for k in range(11)]
+    result = probe.stop()
+    # stop() reads once more for the last sample (t = 10), which then has all three
+    assert main.full_t == [0.0, 3.0, 6.0, 9.0, 10.0]
+    assert main.t == [float(k) for k in range(11)] and len(main.rss) == 11
+    assert result.detail["uss_pss_readings"] == 5
+    assert result.detail["uss_pss_cpu_s"] == pytest.approx(5 * 0.0125)
+    series = {x.name: x for x in result.series}
+    assert series["main_uss_bytes"].t == (0.0, 3.0, 6.0, 9.0, 10.0)
+    assert series["main_pss_bytes"].t == (0.0, 3.0, 6.0, 9.0, 10.0)
+    assert series["main_rss_bytes"].t == tuple(float(k) for k in range(11))
+    assert series["total_pss_bytes"].t == (0.0, 3.0, 6.0, 9.0, 10.0)
+
+
+def test_budget_zero_reads_uss_and_pss_at_every_interval() -> None:
+    probe = MemoryProbe(cpu_clock=FakeCpu(10.0))  # absurdly dear, but no budget
+    probe.start(Watch(options={"memory_full_interval": 2.0, "memory_full_budget": 0}))
+    for k in range(5):
+        probe.sample(900.0 + k)
+    main = probe._procs[os.getpid()]
+    assert main.full_t == [0.0, 2.0, 4.0]
