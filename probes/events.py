@@ -1,4 +1,4 @@
-"""BatchEvent and EventLog: what the loader records about every batch, always on.
+"""BatchEvent, PoolEvent and EventLog: what the loader records about every batch, always on.
 
 # NOTE [ Event clock ]
 Every timestamp in a BatchEvent is ``time.monotonic()`` read in the process where the
@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-__all__ = ["BatchEvent", "EventLog"]
+__all__ = ["BatchEvent", "EventLog", "PoolEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,11 @@ class BatchEvent:
         pin: Seconds spent copying it into page-locked memory (0 when not pinned).
         to_device: Seconds the side-stream copy to the device took (CUDA event timing), or
             None when there was no device copy or it had not finished when handed out.
+        worker_cpu: The worker process's CPU seconds (user + system, all its threads) when
+            it sent the batch, or None (main process, older records). The difference
+            between one pid's consecutive batches is its CPU use in between.
+        worker_runq: Seconds the worker's main thread had waited for a CPU (runnable, not
+            running) when it sent the batch, or None where unknown; differences as above.
     """
 
     epoch: int
@@ -64,6 +69,8 @@ class BatchEvent:
     unpack: float
     pin: float = 0.0
     to_device: float | None = None
+    worker_cpu: float | None = None
+    worker_runq: float | None = None
 
     @property
     def fetch(self) -> float:
@@ -87,9 +94,52 @@ class BatchEvent:
     @classmethod
     def from_dict(cls, data: dict) -> BatchEvent:
         """Inverse of :meth:`to_dict`."""
-        optional = {"pin", "to_device"}
+        optional = {"pin", "to_device", "worker_cpu", "worker_runq"}
         return cls(
             **{f: data[f] for f in cls.__dataclass_fields__ if f in data or f not in optional}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolEvent:
+    """One change the adaptive pool made (``num_workers="auto"``, ``prefetch_factor="auto"``).
+
+    Attributes:
+        time: When it was decided (NOTE [ Event clock ]).
+        setting: ``"num_workers"`` or ``"prefetch_factor"``.
+        before: The value before.
+        after: The value after (one step away: changes are one at a time).
+        reason: Why, with the measured numbers, in a sentence.
+        measured: Those numbers by name (``stall``, ``busy_workers``, ``cpu_share``,
+            ``idle_cores``, ``batches_per_s``, ``window_s``, ...); which ones depends on
+            the rule that fired.
+
+    Example:
+        >>> PoolEvent(3.5, "num_workers", 2, 3, "the consumer waited").to_dict()["after"]
+        3
+    """
+
+    time: float
+    setting: str
+    before: int
+    after: int
+    reason: str
+    measured: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain-data form (JSON-ready)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PoolEvent:
+        """Inverse of :meth:`to_dict` (``measured`` may be missing)."""
+        return cls(
+            time=data["time"],
+            setting=data["setting"],
+            before=data["before"],
+            after=data["after"],
+            reason=data["reason"],
+            measured=dict(data.get("measured", {})),
         )
 
 
@@ -99,6 +149,8 @@ class EventLog:
     The loader appends from the thread that iterates it; readers (the stages probe's
     sampler thread) call :meth:`since` with the count they have seen. When more than
     ``capacity`` events were written the oldest are dropped and ``dropped`` says how many.
+    The adaptive pool's decisions are kept beside the batches, as :class:`PoolEvent`
+    records (:meth:`append_pool`, :meth:`pool_events`), with the same capacity.
 
     Example:
         >>> log = EventLog(capacity=2)
@@ -108,6 +160,7 @@ class EventLog:
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._events: deque[BatchEvent] = deque(maxlen=capacity)
+        self._pool: deque[PoolEvent] = deque(maxlen=capacity)
         self._total = 0
         self._lock = threading.Lock()
 
@@ -116,6 +169,16 @@ class EventLog:
         with self._lock:
             self._events.append(event)
             self._total += 1
+
+    def append_pool(self, event: PoolEvent) -> None:
+        """Record one pool decision."""
+        with self._lock:
+            self._pool.append(event)
+
+    def pool_events(self) -> list[PoolEvent]:
+        """The pool decisions held, oldest first."""
+        with self._lock:
+            return list(self._pool)
 
     @property
     def total(self) -> int:
@@ -137,9 +200,10 @@ class EventLog:
             return list(self._events)[skip:]
 
     def clear(self) -> None:
-        """Forget every event (the total restarts at zero)."""
+        """Forget every event, pool decisions included (the total restarts at zero)."""
         with self._lock:
             self._events.clear()
+            self._pool.clear()
             self._total = 0
 
     def __len__(self) -> int:

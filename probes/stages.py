@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import ProbeResult, Series, Watch
-from .events import BatchEvent, EventLog
+from .events import BatchEvent, EventLog, PoolEvent
 
 __all__ = ["StagesProbe", "export_chrome_trace", "trace_events"]
 
@@ -60,7 +60,10 @@ class StagesProbe:
     one row per worker id (``busy_s``: its batches' fetch, collate and pack clipped to the
     window, ``idle_fraction`` = 1 - busy/window, ``processes``: distinct pids, 2 after one
     restart), each worker's busy intervals (seconds since the window began, for a timeline)
-    and ``events_dropped``. Series: ``wait`` per batch, at its ``taken`` time.
+    and ``events_dropped``; ``worker_history``: the adaptive pool's size changes
+    (``num_workers="auto"``) up to stop, as ``{"time_s", "from", "to", "reason"}`` with
+    ``time_s`` in seconds since the window began (negative: before it, during warm-up),
+    empty for a fixed pool. Series: ``wait`` per batch, at its ``taken`` time.
 
     Only workers that produced a batch in the window are known to the probe. A batch still
     in flight at stop is not counted, and neither is the consumer's wait for it, so a run
@@ -141,7 +144,12 @@ class StagesProbe:
             waits = [(t, w) for t, w in self._external if t0 <= t <= t1]
             return _external_result(self.name, waits, t0, t1)
         events = [e for e in self._events if e.taken <= t1]
-        return _events_result(self.name, events, t0, t1, self._log.dropped)
+        history = [
+            {"time_s": e.time - t0, "from": e.before, "to": e.after, "reason": e.reason}
+            for e in self._log.pool_events()
+            if e.setting == "num_workers" and e.time <= t1
+        ]
+        return _events_result(self.name, events, t0, t1, self._log.dropped, history)
 
     def _collect(self) -> None:
         """Move what was written since the last call into the probe's buffers."""
@@ -209,7 +217,12 @@ def _merge(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _events_result(
-    name: str, events: list[BatchEvent], t0: float, t1: float, dropped: int
+    name: str,
+    events: list[BatchEvent],
+    t0: float,
+    t1: float,
+    dropped: int,
+    history: list[dict] | None = None,
 ) -> ProbeResult:
     """The summary of the batches taken in [t0, t1], from their BatchEvents."""
     window = t1 - t0
@@ -223,6 +236,7 @@ def _events_result(
         "bytes_per_s": sum(e.nbytes for e in events) / window,
     }
     detail: dict[str, Any] = {"mode": "events", "events_dropped": dropped, "workers": []}
+    detail["worker_history"] = list(history or [])
     if not events:
         detail["note"] = "no batch was taken in the window"
         return ProbeResult(name=name, summary=summary, detail=detail)
@@ -311,19 +325,27 @@ def _us(seconds: float) -> float:
     return round(seconds * 1e6, 3)
 
 
-def trace_events(events: Iterable[BatchEvent], *, t0: float | None = None) -> list[dict]:
+def trace_events(
+    events: Iterable[BatchEvent],
+    *,
+    t0: float | None = None,
+    pool_events: Iterable[PoolEvent] = (),
+) -> list[dict]:
     """The Chrome trace events (Trace Event Format) for ``events``; pure, for tests.
 
     One track per loader worker ("worker N", thread id N + 1) with complete events
     ("ph": "X") ``fetch``, ``collate`` and ``pack`` per batch (args: epoch, batch, samples,
     bytes, pid); with ``num_workers=0`` those are on an "in-process fetch" track. One
     track "main" holds the consumer's ``wait`` for each batch and instant markers
-    ``ready`` and ``taken``. ``ts`` and ``dur`` are microseconds since ``t0``.
+    ``ready`` and ``taken``. ``ts`` and ``dur`` are microseconds since ``t0``. Each change
+    of the adaptive pool is a global instant event ("ph": "i", "s": "g", category "pool")
+    named ``num_workers 2 -> 3`` (or ``prefetch_factor ...``) with the reason in its args.
 
     Args:
         events: The batches, in any order.
         t0: The time that becomes ``ts`` 0 (NOTE [ Event clock ]); defaults to the
-            earliest moment in ``events``, so that no ``ts`` is negative.
+            earliest moment in ``events`` and ``pool_events``, so that no ``ts`` is negative.
+        pool_events: The adaptive pool's decisions (``EventLog.pool_events()``).
 
     Returns:
         Metadata events ("ph": "M": process and thread names, thread order) first, then
@@ -334,8 +356,13 @@ def trace_events(events: Iterable[BatchEvent], *, t0: float | None = None) -> li
         {'name': 'loadtune loader'}
     """
     events = list(events)
+    pool_events = list(pool_events)
     if t0 is None:
-        t0 = min((min(e.dispatch, e.fetch_start, e.taken - e.wait) for e in events), default=0.0)
+        t0 = min(
+            [min(e.dispatch, e.fetch_start, e.taken - e.wait) for e in events]
+            + [p.time for p in pool_events],
+            default=0.0,
+        )
     worker_ids = sorted({e.worker_id for e in events if e.worker_id >= 0})
     in_process_tid = (max(worker_ids) + 2) if worker_ids else 1
     tracks = {_MAIN_TID: "main"} | {w + 1: f"worker {w}" for w in worker_ids}
@@ -414,11 +441,28 @@ def trace_events(events: Iterable[BatchEvent], *, t0: float | None = None) -> li
                     "args": marker,
                 }
             )
+    for p in sorted(pool_events, key=lambda p: p.time):
+        out.append(
+            {
+                "ph": "i",
+                "s": "g",
+                "name": f"{p.setting} {p.before} -> {p.after}",
+                "cat": "pool",
+                "pid": _PID,
+                "tid": _MAIN_TID,
+                "ts": at(p.time),
+                "args": {"setting": p.setting, "from": p.before, "to": p.after, "reason": p.reason},
+            }
+        )
     return out
 
 
 def export_chrome_trace(
-    events: Iterable[BatchEvent], path: str | os.PathLike[str], *, t0: float | None = None
+    events: Iterable[BatchEvent],
+    path: str | os.PathLike[str],
+    *,
+    t0: float | None = None,
+    pool_events: Iterable[PoolEvent] | None = None,
 ) -> None:
     """Write ``events`` as a Chrome trace JSON file (open it in ui.perfetto.dev).
 
@@ -430,6 +474,8 @@ def export_chrome_trace(
         events: The batches, for example ``loader.events``.
         path: Where to write; its directory must exist.
         t0: The time that becomes ``ts`` 0; see :func:`trace_events`.
+        pool_events: The adaptive pool's decisions, drawn as instant events; by default
+            those of ``events`` when it is an EventLog (``loader.events``).
 
     Raises:
         OSError: The file could not be written (``path`` is unchanged).
@@ -442,7 +488,10 @@ def export_chrome_trace(
         True
     """
     target = Path(path)
-    text = json.dumps({"traceEvents": trace_events(events, t0=t0), "displayTimeUnit": "ms"})
+    if pool_events is None:
+        pool_events = events.pool_events() if isinstance(events, EventLog) else ()
+    trace = trace_events(events, t0=t0, pool_events=pool_events)
+    text = json.dumps({"traceEvents": trace, "displayTimeUnit": "ms"})
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

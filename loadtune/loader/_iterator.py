@@ -58,6 +58,7 @@ from ._pipes import (
     WorkerHandle,
     decode,
 )
+from ._resize import PoolResizing
 from ._shm import MAX_BLOCKS, BlockMaps
 
 __all__ = ["MultiProcessIter", "SingleProcessIter"]
@@ -107,6 +108,14 @@ def _preload_numpy_random() -> None:
 def available_memory() -> int:
     """System memory available to new allocations, in bytes (tests replace this)."""
     return psutil.virtual_memory().available
+
+
+def _affinity_set() -> set[int] | None:
+    """The CPUs this process may run on, or None where the platform cannot say."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 _live: weakref.WeakSet = weakref.WeakSet()
@@ -181,6 +190,9 @@ class _BaseIter:
         self._validate = loader.validate
         self._fetch_concurrency = loader.fetch_concurrency
         self._per_sample_seed = loader.per_sample_seed
+        self._auto_workers = loader.auto_workers
+        self._auto_prefetch = loader.auto_prefetch
+        self._pool_state = loader._pool_state
         self._finished = False
 
     def __iter__(self) -> _BaseIter:
@@ -338,7 +350,7 @@ class SingleProcessIter(_BaseIter):
         return data
 
 
-class MultiProcessIter(_BaseIter):
+class MultiProcessIter(PoolResizing, _BaseIter):
     """Worker processes, per-worker pipes, a prefetch window of prefetch_factor x num_workers."""
 
     def __init__(self, loader: Any) -> None:
@@ -362,7 +374,16 @@ class MultiProcessIter(_BaseIter):
         self._workers = self._pool.workers
         self._poller = Poller()
         self._receiver: Receiver | None = None
-        self._affinity = _plan_affinity(loader.numa, self._num_workers)
+        # With "auto" worker ids run up to max_workers, and workers are told that bound
+        # (NOTE [ Adaptive worker pool ] in _autopool.py).
+        self._max_workers = loader.max_workers if self._auto_workers else self._num_workers
+        self._affinity = _plan_affinity(loader.numa, self._max_workers)
+        self._released: list[WorkerHandle] = []  # retired, asked to exit, not yet reaped
+        self._requeue: deque[tuple[int, Any]] = deque()  # a dead retired worker's batches
+        self._pool_hook = loader._pool_hook  # tests: force pool sizes
+        self._sys_checked = -math.inf
+        self._cpus = _affinity_set()
+        self._controller = self._make_controller(loader)
         self._shut = False  # from here on, _shutdown has everything it needs
         _preload_numpy_random()
         self._begin_epoch(loader, first=True)
@@ -387,7 +408,7 @@ class MultiProcessIter(_BaseIter):
         states = ctx.RawArray("b", MAX_BLOCKS)
         spec = W.WorkerSpec(
             worker_id=worker_id,
-            num_workers=self._num_workers,
+            num_workers=self._max_workers,
             iterable=self._iterable,
             dataset=self._dataset,
             auto_collation=self._auto_collation,
@@ -423,6 +444,9 @@ class MultiProcessIter(_BaseIter):
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         """A new epoch on the same (persistent) workers."""
         self._begin_epoch(loader, first_iter)
+        if self._auto_workers and self._pool_state.workers != self._num_workers:
+            # load_state_dict between epochs: go on with the size the saved run had
+            self._force(self._pool_state.workers, time.monotonic(), "the loaded state's size")
         self._reset_dispatch(first_iter)
 
     def _reset_dispatch(self, first: bool) -> None:
@@ -436,6 +460,7 @@ class MultiProcessIter(_BaseIter):
         self._arrivals: deque[int] = deque()
         self._dropped: set[int] = set()
         self._dispatched_at: dict[int, float] = {}
+        self._requeue = deque()
         self._rr = skip % self._num_workers
         self._sampler_done = False
         for _ in range(skip):  # resume: these batches were handed out before the state was taken
@@ -443,7 +468,7 @@ class MultiProcessIter(_BaseIter):
                 self._sampler_done = True
                 break
         for worker in self._workers:
-            worker.active = True
+            worker.active = not worker.retiring
         if not first:
             # Answers still in flight belong to the last epoch: _accept drops them by their
             # epoch field; the ack says a worker has nothing older left to send.
@@ -454,6 +479,9 @@ class MultiProcessIter(_BaseIter):
                 self._send(worker, (W.RESET, self._epoch))
             while len(self._acks) < len(live):
                 self._pump(_POLL_S)
+            for worker in live:
+                if worker.retiring and not worker.stopping:
+                    self._release(worker)
         self._fill()
 
     def _mark_done(self, seq: int) -> None:
@@ -463,8 +491,11 @@ class MultiProcessIter(_BaseIter):
             self._done_prefix += 1
 
     def state_dict(self) -> dict:
-        """Where this epoch stands (see NOTE [ Resume ])."""
-        return self._state(self._done_prefix, sorted(self._done))
+        """Where this epoch stands (see NOTE [ Resume ]), and the adaptive pool's sizes."""
+        state = self._state(self._done_prefix, sorted(self._done))
+        if self._auto_workers or self._auto_prefetch:
+            state["pool"] = {"num_workers": self._num_workers, "prefetch_factor": self._prefetch}
+        return state
 
     # ------------------------------------------------------------------ dispatch
 
@@ -483,6 +514,9 @@ class MultiProcessIter(_BaseIter):
                 self._rr = (self._rr + step + 1) % n
                 return worker
         return None
+
+    def _available_memory(self) -> int:
+        return available_memory()  # looked up here at each call, so tests can replace it
 
     def _window_cap(self) -> int:
         """Batches allowed in flight: prefetch_factor x num_workers, or one per worker while
@@ -513,6 +547,14 @@ class MultiProcessIter(_BaseIter):
 
     def _fill(self) -> None:
         """Dispatch tasks until the prefetch window is full or the sampler is done."""
+        while self._requeue:  # already counted in the window: they go first, in order
+            worker = self._choose_worker()
+            if worker is None:
+                return
+            seq, index = self._requeue.popleft()
+            worker.outstanding[seq] = index
+            self._dispatched_at[seq] = time.monotonic()
+            self._send(worker, (W.TASK, seq, self._epoch, index))
         max_tasks = self._window_cap()
         while not self._sampler_done and self._window < max_tasks:
             worker = self._choose_worker()
@@ -594,6 +636,8 @@ class MultiProcessIter(_BaseIter):
         if worker.outstanding.pop(seq, MISSING) is MISSING:
             return  # not this worker's task (any more): a restarted worker's late answer
         worker.last_answer = msg.ready
+        if worker.retiring and not worker.outstanding:
+            self._release(worker)  # its last batch is in: it may go
         if kind == W.SKIPPED:  # every sample failed and was skipped: no batch
             self._failures.extend(header[3])
             self._dropped.add(seq)
@@ -656,29 +700,32 @@ class MultiProcessIter(_BaseIter):
         self._mark_done(seq)
         if h[13] is not None:
             self._ds_states[str(item.worker.id)] = h[13]
-        self._events.append(
-            BatchEvent(
-                epoch=self._epoch,
-                batch=seq,
-                worker_id=item.worker.id,
-                pid=item.worker.pid,
-                dispatch=self._dispatched_at.pop(seq, h[6]),
-                fetch_start=h[6],
-                fetch_end=h[7],
-                collate_end=h[8],
-                sent=h[9],
-                ready=item.ready,
-                taken=taken,
-                wait=taken - start,
-                nbytes=h[10],
-                samples=h[11],
-                pack=h[9] - h[8],
-                unpack=item.unpack,
-                pin=item.pin,
-                to_device=to_device,
-            )
+        event = BatchEvent(
+            epoch=self._epoch,
+            batch=seq,
+            worker_id=item.worker.id,
+            pid=item.worker.pid,
+            dispatch=self._dispatched_at.pop(seq, h[6]),
+            fetch_start=h[6],
+            fetch_end=h[7],
+            collate_end=h[8],
+            sent=h[9],
+            ready=item.ready,
+            taken=taken,
+            wait=taken - start,
+            nbytes=h[10],
+            samples=h[11],
+            pack=h[9] - h[8],
+            unpack=item.unpack,
+            pin=item.pin,
+            to_device=to_device,
+            worker_cpu=h[14],
+            worker_runq=h[15],
         )
+        self._events.append(event)
         self._count_yield()
+        if self._controller is not None or self._pool_hook is not None or self._released:
+            self._control(event)
         return item.data
 
     def _next_item(self, start: float) -> tuple[Item, int]:
@@ -776,6 +823,9 @@ class MultiProcessIter(_BaseIter):
             refuse = ""
         elif self._iterable:
             refuse = " (an IterableDataset's stream cannot be replayed, so it is not restarted)"
+        elif worker.retiring:
+            self._hand_back(worker, how, seqs, indices)
+            return
         elif self._restarts >= self._max_restarts:
             refuse = f" (max_worker_restarts={self._max_restarts} reached)"
         if refuse is not None:

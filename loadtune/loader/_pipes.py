@@ -42,6 +42,7 @@ class WorkerHandle:
         "pid",
         "process",
         "results",
+        "retiring",
         "states",
         "stopping",
         "tasks",
@@ -57,6 +58,7 @@ class WorkerHandle:
         self.active = True  # takes tasks this epoch (False once its iterable stream ended)
         self.outstanding: dict[int, Any] = {}  # seq -> indices sent and not yet answered
         self.stopping = False  # asked to exit: its end is not a crash
+        self.retiring = False  # the adaptive pool let it go: no new tasks, finishes its own
         self.last_answer = 0.0  # when its last answer arrived (hang detection)
 
 

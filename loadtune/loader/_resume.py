@@ -19,6 +19,11 @@ with the last batch handed out from each worker, and a resumed worker loads it b
 calls ``iter(dataset)``. Batches a worker had prefetched but not handed out are produced
 again, so nothing is lost or repeated.
 
+With ``num_workers="auto"`` or ``prefetch_factor="auto"`` the state also holds ``pool``:
+the pool's size and depth when it was taken, so a resumed run starts where the saved one
+had got to instead of ramping up again (NOTE [ Adaptive worker pool ] in _autopool.py).
+Batch contents do not depend on the pool's size there (per-batch seeds).
+
 Where we differ from torchdata's StatefulDataLoader: worker RNG streams are not captured,
 so a random augmentation of a batch after the resume point differs from the uninterrupted
 run (batch contents, i.e. indices, do not), unless ``dispatch="balanced"`` whose per-batch
@@ -92,4 +97,19 @@ def check(state: Any) -> dict:
     for key in ("epoch", "done_prefix", "done_extra", "base_seed", "dataset"):
         if key not in state:
             raise ValueError(f"DataLoader state has no {key!r} field")
+    pool = state.get("pool")
+    if pool is not None and not (
+        isinstance(pool, dict)
+        and all(
+            _count(pool.get(key), low) for key, low in (("num_workers", 1), ("prefetch_factor", 0))
+        )
+    ):
+        raise ValueError(
+            "DataLoader state's 'pool' field should be {'num_workers': an int >= 1, "
+            f"'prefetch_factor': an int >= 0}}, got {pool!r}"
+        )
     return state
+
+
+def _count(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low

@@ -14,7 +14,9 @@ goes to worker ``k % num_workers`` as in torch, so random augmentations give the
 samples as torch's loader. With ``dispatch="balanced"`` a batch goes to whichever worker is
 free, so each batch instead reseeds the three RNGs from ``(base_seed, epoch, batch
 number)``: the samples are then reproducible whatever worker runs them, but they are not
-torch's.
+torch's. ``num_workers="auto"`` always dispatches this way, so a batch's samples do not
+depend on how many workers the pool had when it ran (NOTE [ Adaptive worker pool ] in
+_autopool.py); there ``get_worker_info().num_workers`` is ``max_workers``.
 
 With ``fetch_concurrency`` k > 1 a worker's samples run in k threads (or interleave on one
 event loop) that share these process-global RNGs, so which sample gets which draw depends
@@ -48,7 +50,7 @@ from torch.utils.data._utils import worker as _torch_worker
 from ._fetch import Empty, ErrorPolicy, make_fetcher
 from ._shm import WorkerBlocks
 
-__all__ = ["ErrorInfo", "WorkerSpec", "batch_seed", "seed_worker", "worker_loop"]
+__all__ = ["ErrorInfo", "WorkerSpec", "batch_seed", "cpu_clock", "seed_worker", "worker_loop"]
 
 # Message kinds, worker -> main (first element of the header).
 BATCH, ERROR, STOP, RESET_ACK, SKIPPED = 0, 1, 2, 3, 4
@@ -148,6 +150,27 @@ def _seed_batch(base_seed: int, epoch: int, batch: int) -> None:
     np = sys.modules.get("numpy")
     if np is not None:
         np.random.seed(words)
+
+
+_schedstat: tuple[int, int] | None = None  # (pid, fd) of this process's /proc/self/schedstat
+
+
+def cpu_clock() -> tuple[float, float | None]:
+    """(CPU seconds of this process, seconds its main thread waited for a CPU) so far.
+
+    The second is None where ``/proc/self/schedstat`` is missing (not Linux, or no
+    scheduler statistics); it is read with one ``pread`` on a descriptor kept open.
+    """
+    global _schedstat
+    runq = None
+    try:
+        pid = os.getpid()
+        if _schedstat is None or _schedstat[0] != pid:  # first call, or a forked child
+            _schedstat = (pid, os.open("/proc/self/schedstat", os.O_RDONLY | os.O_CLOEXEC))
+        runq = int(os.pread(_schedstat[1], 128, 0).split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        pass
+    return time.process_time(), runq
 
 
 def _send(conn: Connection, header: tuple, payload: bytes = b"") -> None:
@@ -306,6 +329,7 @@ def _serve(
         spec.dataset.state_dict()
         if spec.iterable and hasattr(spec.dataset, "state_dict")
         else None,
+        *cpu_clock(),  # CPU and run-queue time so far (NOTE [ Adaptive worker pool ])
     )
     _send(results, header, packed.payload)
     return False

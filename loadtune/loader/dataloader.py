@@ -21,11 +21,13 @@ import psutil
 import torch
 import torch.utils.data
 
-from probes.events import EventLog
+from probes.events import EventLog, PoolEvent
 
-from . import _resume
+from . import _iterator, _resume
+from ._autopool import PREFETCH, WORKERS, PoolSettings
 from ._fetch import ON_ERROR, RETRY_EXHAUSTED, ErrorPolicy, SampleFailure
 from ._iterator import MultiProcessIter, SingleProcessIter
+from ._resize import PoolState, default_max_workers, usable_cores
 
 __all__ = ["DataLoader"]
 
@@ -38,6 +40,39 @@ _ON_DEATH = ("restart", "raise")
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} should be one of {choices}, but got {name}={value!r}")
+
+
+def _is_auto(name: str, value: Any, expected: str) -> bool:
+    """Whether ``value`` is "auto"; any other string is refused with what is expected."""
+    if isinstance(value, str):
+        if value == "auto":
+            return True
+        raise ValueError(f"{name} should be {expected} or 'auto', but got {name}={value!r}")
+    return False
+
+
+def _check_max_workers(dataset: Any, auto: bool, num_workers: Any, max_workers: Any) -> None:
+    if max_workers is not None and not auto:
+        raise ValueError(
+            f"max_workers bounds num_workers='auto'; with num_workers={num_workers!r} leave "
+            f"it None, but got max_workers={max_workers!r}"
+        )
+    if not auto:
+        return
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+    ):
+        raise ValueError(
+            "max_workers should be a positive integer (num_workers='auto' keeps at least one "
+            "worker), or None for a bound from the cores and the available memory, but got "
+            f"max_workers={max_workers!r}"
+        )
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        raise ValueError(
+            "num_workers='auto' needs a map-style dataset: an IterableDataset is split among "
+            "its workers by get_worker_info().num_workers, which a changing pool would break "
+            "mid-stream; give a fixed num_workers"
+        )
 
 
 def _check_concurrency(dataset: Any, k: Any, per_sample_seed: bool) -> None:
@@ -75,10 +110,41 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
     * each worker has its own pipes, so one worker cannot block another.
 
     Args:
-        dataset, batch_size, shuffle, sampler, batch_sampler, num_workers, collate_fn,
+        dataset, batch_size, shuffle, sampler, batch_sampler, collate_fn,
         pin_memory, drop_last, timeout, worker_init_fn, multiprocessing_context,
-        generator, prefetch_factor, persistent_workers, pin_memory_device, in_order:
+        generator, persistent_workers, pin_memory_device, in_order:
             As in ``torch.utils.data.DataLoader``.
+        num_workers: As in torch (an int), or ``"auto"``: a pool that grows and shrinks
+            while the loader runs (NOTE [ Adaptive worker pool ] in _autopool.py). It starts
+            with 2 workers (``max_workers`` if fewer; a loaded state's size when resuming)
+            and, from its own events, adds one while the consumer waits for batches and
+            cores are idle, or while the workers mostly wait on I/O (there more workers than
+            cores pay); it retires one when the workers sit idle, or when more workers than
+            cores compute. Changes are one worker at a time, need consecutive measurement
+            windows (0.15 s each) to agree, are followed by a cool-down after
+            which their effect is measured, and are undone once if they did not pay; so a
+            noisy neighbour does not make the pool oscillate. Every decision is a
+            :class:`probes.events.PoolEvent` (time, before, after, reason with the measured
+            numbers) in ``loader.worker_history`` and ``loader.events.pool_events()``. The
+            batches are those of a fixed pool: the same indices, the same order with
+            ``in_order=True``, every index once; a retired worker takes no new batch and
+            finishes the ones it holds (if it dies first, the others take them).
+            Randomness: with "auto", dispatch is ``"balanced"`` whatever ``dispatch`` says,
+            and each batch seeds ``random``, torch and numpy from (base seed, epoch, batch
+            number), so augmentations do not depend on how many workers ran and equal those
+            of a fixed pool with ``dispatch="balanced"``; for torch's per-worker seeds use a
+            fixed ``num_workers``. ``loader.num_workers`` reads the pool's size now (the
+            starting size before the first batch, the size reached after);
+            ``get_worker_info().num_workers`` in a worker is ``max_workers`` and worker ids
+            stay below it; ``worker_init_fn`` runs in every worker added. Map-style datasets
+            only.
+        prefetch_factor: As in torch, or ``"auto"`` (with ``num_workers`` > 0 or "auto"):
+            the batches in flight per worker start at 2 and grow by one, up to 16, while the
+            consumer waits although the workers are not busy (a slow batch holds the ones
+            behind it, and a deeper buffer lets the others run ahead), as long as all the
+            batches in flight fit 10% of the memory available when iteration starts; over
+            that budget it shrinks at once. ``loader.prefetch_factor`` reads the depth now;
+            decisions are in ``loader.prefetch_history``.
         dispatch: ``"round_robin"`` (default) sends batch k to worker ``k % num_workers``
             exactly as torch does, so random augmentations give torch's samples.
             ``"balanced"`` hands the next batch to the worker with the least work, so a
@@ -150,10 +216,26 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             await). In the main process the caller's RNG state is restored after each
             batch. See NOTE [ Per-sample seeds ] in _fetch.py.
 
+        max_workers: The most workers ``num_workers="auto"`` may run. Default: 4 per usable
+            core (``os.sched_getaffinity``), at most 64, and no more than half the available
+            memory holds at 128 MiB per worker; once batches are seen the pool also keeps
+            its batches in flight within half the available memory. Only with "auto".
+
+    Attributes:
+        worker_history: The pool's size changes so far, as a tuple of PoolEvent (empty for
+            a fixed ``num_workers``); readable during and after iteration.
+        prefetch_history: The same for ``prefetch_factor="auto"``.
+        auto_workers: Whether ``num_workers`` is "auto".
+        auto_prefetch: Whether ``prefetch_factor`` is "auto".
+        max_workers: The bound of the "auto" pool (None for a fixed ``num_workers``).
+
     Raises:
         ValueError, TypeError: Exactly where torch's DataLoader raises them, plus
             ``ValueError`` for an unknown ``dispatch``, a ``fetch_concurrency`` below 1,
-            and ``fetch_concurrency`` > 1 or ``per_sample_seed`` with an IterableDataset.
+            ``fetch_concurrency`` > 1 or ``per_sample_seed`` with an IterableDataset, a
+            string other than "auto" for ``num_workers`` or ``prefetch_factor``, a
+            ``max_workers`` below 1 or without ``num_workers="auto"``, and "auto" with an
+            IterableDataset.
 
     Example:
         >>> import torch
@@ -170,7 +252,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         shuffle: bool | None = None,
         sampler: Any = None,
         batch_sampler: Any = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         collate_fn: Any = None,
         pin_memory: bool = False,
         drop_last: bool = False,
@@ -179,7 +261,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         multiprocessing_context: Any = None,
         generator: Any = None,
         *,
-        prefetch_factor: int | None = None,
+        prefetch_factor: int | str | None = None,
         persistent_workers: bool = False,
         pin_memory_device: str = "",
         in_order: bool = True,
@@ -197,8 +279,26 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         validate: Any = None,
         fetch_concurrency: int = 1,
         per_sample_seed: bool = False,
+        max_workers: int | None = None,
     ) -> None:
         _check_choice("dispatch", dispatch, _DISPATCH)
+        self.auto_workers = _is_auto("num_workers", num_workers, "a non-negative integer")
+        self.auto_prefetch = _is_auto(
+            "prefetch_factor", prefetch_factor, "a non-negative integer, None"
+        )
+        _check_max_workers(dataset, self.auto_workers, num_workers, max_workers)
+        if self.auto_workers:
+            if max_workers is None:
+                max_workers = default_max_workers(usable_cores(), _iterator.available_memory())
+            num_workers = min(2, max_workers)
+            dispatch = "balanced"  # per-batch seeds: see NOTE [ Adaptive worker pool ]
+        self.max_workers = max_workers
+        if self.auto_prefetch and num_workers != 0:
+            prefetch_factor = 2  # torch refuses "auto" with num_workers=0, in its own words
+        self._pool_state = PoolState(0, None)  # torch's __init__ sets both through properties
+        self._pool_settings = PoolSettings()
+        self._prefetch_budget: int | None = None  # bytes; None: 10% of available memory
+        self._pool_hook: Any = None  # tests: batches handed out -> pool size to force
         _check_concurrency(dataset, fetch_concurrency, per_sample_seed)
         self.fetch_concurrency = fetch_concurrency
         self.per_sample_seed = per_sample_seed
@@ -256,6 +356,34 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             in_order=in_order,
         )
 
+    @property
+    def num_workers(self) -> int:  # type: ignore[override]
+        """Worker processes: the fixed number, or with "auto" the pool's size now."""
+        return self._pool_state.workers
+
+    @num_workers.setter
+    def num_workers(self, value: int) -> None:
+        self._pool_state.workers = value
+
+    @property
+    def prefetch_factor(self) -> int | None:  # type: ignore[override]
+        """Batches in flight per worker: the fixed number, or with "auto" the depth now."""
+        return self._pool_state.prefetch
+
+    @prefetch_factor.setter
+    def prefetch_factor(self, value: int | None) -> None:
+        self._pool_state.prefetch = value
+
+    @property
+    def worker_history(self) -> tuple[PoolEvent, ...]:
+        """Every change of the pool's size so far (``num_workers="auto"``), oldest first."""
+        return tuple(e for e in self._pool_state.history if e.setting == WORKERS)
+
+    @property
+    def prefetch_history(self) -> tuple[PoolEvent, ...]:
+        """Every change of ``prefetch_factor="auto"`` so far, oldest first."""
+        return tuple(e for e in self._pool_state.history if e.setting == PREFETCH)
+
     def _min_available_bytes(self) -> int | None:
         value = self.min_available_memory
         if value is None:
@@ -275,7 +403,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if self.num_workers == 0:
             it: SingleProcessIter | MultiProcessIter = SingleProcessIter(self)
         else:
-            self.check_worker_number_rationality()
+            if not self.auto_workers:  # "auto" keeps itself within its own bound
+                self.check_worker_number_rationality()
             it = MultiProcessIter(self)
         self._last_iter = weakref.ref(it)
         return it
@@ -303,7 +432,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if it is not None and not it._finished:
             return it.state_dict()
         persistent = it if self.persistent_workers and self.num_workers > 0 else None
-        return {
+        state = {
             "format": _resume.FORMAT,
             "epoch": self._epochs,
             "done_prefix": 0,
@@ -312,6 +441,12 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             **_resume.capture_rngs(self),
             "dataset": {},
         }
+        if self.auto_workers or self.auto_prefetch:
+            state["pool"] = {
+                "num_workers": self.num_workers,
+                "prefetch_factor": self.prefetch_factor,
+            }
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`, in this process or a new one.
@@ -321,15 +456,31 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         have had them (NOTE [ Resume ] in _resume.py says how, and where this differs from
         torchdata's StatefulDataLoader).
 
+        With ``num_workers="auto"`` (or ``prefetch_factor="auto"``) the pool starts from
+        the size (and depth) the saved run had reached, within this loader's
+        ``max_workers``; a fixed setting ignores them.
+
         Raises:
             ValueError: The state is not one this loader wrote.
         """
         self._pending_state = _resume.check(state)
+        pool = state.get("pool")
+        if pool is not None:
+            if self.auto_workers:
+                self.num_workers = max(1, min(self.max_workers, pool["num_workers"]))
+            if self.auto_prefetch and self.num_workers > 0:
+                self.prefetch_factor = pool["prefetch_factor"]
 
     def __repr__(self) -> str:
+        workers = f"{self.num_workers}"
+        if self.auto_workers:
+            workers = f"'auto' (now {self.num_workers}, max_workers={self.max_workers})"
+        prefetch = f"{self.prefetch_factor}"
+        if self.auto_prefetch:
+            prefetch = f"'auto' (now {self.prefetch_factor})"
         return (
             f"loadtune.DataLoader(dataset={type(self.dataset).__name__}, "
-            f"batch_size={self.batch_size}, num_workers={self.num_workers}, "
-            f"prefetch_factor={self.prefetch_factor}, pin_memory={self.pin_memory}, "
+            f"batch_size={self.batch_size}, num_workers={workers}, "
+            f"prefetch_factor={prefetch}, pin_memory={self.pin_memory}, "
             f"persistent_workers={self.persistent_workers}, dispatch={self.dispatch!r})"
         )
