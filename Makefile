@@ -23,7 +23,13 @@ demo: $(VENV)/.installed
 	$(BIN)/loadtune profile $(EXAMPLE):loader --step $(EXAMPLE):train_step --batches 100 --out loadtune-out
 	$(BIN)/loadtune autotune $(EXAMPLE):loader --step $(EXAMPLE):train_step --trials 10 \
 		--time-budget 120 --storage none --out loadtune-out/tuned.json
-	@echo "report: loadtune-out/report.html; tuned config: loadtune-out/tuned.json"
+	@# profile writes report.html and autotune tune.html: one folder keeps both
+	@for f in report.html tune.html tuned.json; do \
+		test -f loadtune-out/$$f || { echo "make demo: loadtune-out/$$f is missing" >&2; exit 1; }; \
+	done
+	@echo "profile report: loadtune-out/report.html"
+	@echo "tune report:    loadtune-out/tune.html"
+	@echo "tuned config:   loadtune-out/tuned.json"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .

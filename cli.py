@@ -229,7 +229,9 @@ def _autotune(args: argparse.Namespace) -> int:
 
     from loadtune.config import read as read_config
     from loadtune.targets import load_object, resolve
-    from loadtune.tune import autotune, parse_memory, parse_space, snippet
+    from loadtune.tune import autotune, parse_memory, parse_space
+    from reports import terminal
+    from reports.tuneviews import apply_snippet
 
     out = Path(args.out)
     if out.suffix not in (".json", ".toml"):
@@ -309,23 +311,12 @@ def _autotune(args: argparse.Namespace) -> int:
             out=out,
             on_phase=lambda text: bar.update(task, description=text),
         )
-    states = [t.state for t in result.trials]
-    counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states))
-    print(f"verdict: {result.reason}")
-    ab = result.ab
-    if ab is not None:
-        print(
-            f"A/B: {ab.speedup:.2f}x, 95% interval {ab.interval[0]:.2f}x to {ab.interval[1]:.2f}x "
-            f"over {ab.rounds} interleaved rounds; current {ab.incumbent_rate:,.0f} samples/s, "
-            f"candidate {ab.candidate_rate:,.0f} samples/s\n     interval: {ab.method}"
-        )
-    print(
-        f"trials: {len(result.trials)} ({counts or 'none'}) in {result.duration_s:.0f} s, "
-        f"search stopped: {result.stopped}; study {result.study_name!r}"
-        + (f" in {result.storage}" if result.storage else "")
-    )
-    print(f"wrote {out}, {out.parent / 'tune.json'}\n")
-    print(snippet(result, str(out)), end="")
+    # The summary says the verdict, the A/B test, every trial and the snippet. The page is
+    # tune.html, not report.html: a profile written to the same folder keeps its report.
+    Console().print(terminal.render(result))
+    report = _write_report(result, out.parent / "tune.html")
+    print(f"wrote {out}, {out.parent / 'tune.json'}, {report}")
+    print(apply_snippet(str(out)), end="")
     return 0
 
 
@@ -371,9 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report",
         help="draw a saved result again: the terminal summary and/or the HTML report",
-        description="Draw RESULT.json (written by loadtune profile) again.",
+        description="Draw RESULT.json (written by loadtune profile or autotune) again.",
     )
-    p.add_argument("result", metavar="RESULT.json", help="a saved result, e.g. profile.json")
+    p.add_argument(
+        "result", metavar="RESULT.json", help="a saved result: profile.json or tune.json"
+    )
     p.add_argument("--html", metavar="FILE", help="write the HTML report to FILE (.html)")
     p.add_argument("--no-terminal", action="store_true", help="do not print the summary")
     p.set_defaults(func=_report)

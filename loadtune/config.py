@@ -2,7 +2,8 @@
 
 A config file is flat: the top-level keys are the LoaderConfig fields; a ``measurement``
 section (written by autotune) is kept but not needed to apply the file. JSON and TOML are
-both read and written; the suffix decides.
+both read and written; the suffix decides. ``fetch_concurrency`` is written only when it is
+set: a file without it (every file written before it existed) leaves the loader's own.
 """
 
 from __future__ import annotations
@@ -21,14 +22,21 @@ __all__ = ["LoaderConfig", "apply", "read", "write"]
 
 @dataclass(frozen=True, slots=True)
 class LoaderConfig:
-    """The five settings of a DataLoader that loadtune measures and tunes.
+    """The settings of a DataLoader that loadtune measures and tunes.
 
     ``prefetch_factor`` is None exactly when ``num_workers`` is 0, and
     ``persistent_workers`` is False then, as torch requires.
 
+    ``fetch_concurrency`` (samples each worker fetches at once) exists only on loadtune's
+    DataLoader. None means "not set": applying the config keeps whatever the loader has, and
+    the key is left out of ``to_dict()`` and of config files. A torch DataLoader takes only
+    None or 1 (see :func:`apply`).
+
     Example:
         >>> LoaderConfig(num_workers=4, batch_size=64).prefetch_factor
         2
+        >>> LoaderConfig(num_workers=2, fetch_concurrency=8).to_dict()["fetch_concurrency"]
+        8
     """
 
     num_workers: int = 0
@@ -36,6 +44,7 @@ class LoaderConfig:
     batch_size: int | None = 1
     pin_memory: bool = False
     persistent_workers: bool = False
+    fetch_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -49,9 +58,15 @@ class LoaderConfig:
             raise ConfigError(f"prefetch_factor must be >= 1, got {self.prefetch_factor}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+        if self.fetch_concurrency is not None and self.fetch_concurrency < 1:
+            raise ConfigError(f"fetch_concurrency must be >= 1, got {self.fetch_concurrency}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict; ``fetch_concurrency`` only when it is set."""
+        data = asdict(self)
+        if data["fetch_concurrency"] is None:
+            del data["fetch_concurrency"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> LoaderConfig:
@@ -61,8 +76,9 @@ class LoaderConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
         values = {k: data[k] for k in names if k in data}
-        for key in ("num_workers", "prefetch_factor", "batch_size"):
-            if values.get(key) is not None and not isinstance(values[key], int):
+        for key in ("num_workers", "prefetch_factor", "batch_size", "fetch_concurrency"):
+            value = values.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ConfigError(f"{source}: {key} must be an integer, got {values[key]!r}")
         for key in ("pin_memory", "persistent_workers"):
             if key in values and not isinstance(values[key], bool):
@@ -71,13 +87,17 @@ class LoaderConfig:
 
     @classmethod
     def from_loader(cls, loader: Any) -> LoaderConfig:
-        """The settings a torch or loadtune DataLoader was built with."""
+        """The settings a torch or loadtune DataLoader was built with.
+
+        ``fetch_concurrency`` is the loader's own on loadtune's DataLoader, None on torch's.
+        """
         return cls(
             num_workers=loader.num_workers,
             prefetch_factor=loader.prefetch_factor,
             batch_size=loader.batch_size,
             pin_memory=loader.pin_memory,
             persistent_workers=loader.persistent_workers,
+            fetch_concurrency=getattr(loader, "fetch_concurrency", None),
         )
 
     def with_(self, **changes: Any) -> LoaderConfig:
@@ -153,12 +173,20 @@ def write(
 def apply(config: LoaderConfig | str | os.PathLike, loader: Any) -> Any:
     """The user's loader rebuilt with a config's settings; everything else is kept.
 
+    ``fetch_concurrency`` is set when the config has it (a loadtune DataLoader only) and
+    otherwise kept as the loader has it.
+
     Args:
         config: A LoaderConfig or the path of a config file (JSON or TOML).
         loader: A torch or loadtune DataLoader.
 
     Returns:
         A new loader of the same class as ``loader``.
+
+    Raises:
+        ConfigError: a bad config file, or a ``fetch_concurrency`` above 1 for a torch
+            DataLoader (which has no such argument); the message names the file.
+        TargetError: a batch size change asked of a loader with a custom batch_sampler.
 
     Example:
         >>> import torch
@@ -169,6 +197,11 @@ def apply(config: LoaderConfig | str | os.PathLike, loader: Any) -> Any:
     """
     from .targets import clone
 
+    source = "config"
     if not isinstance(config, LoaderConfig):
+        source = f"config {str(config)!r}"
         config, _ = read(config)
-    return clone(loader, config)
+    try:
+        return clone(loader, config)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

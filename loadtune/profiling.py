@@ -360,7 +360,7 @@ def _write_artifacts(result: ProfileResult, out: Path, events: Any) -> ProfileRe
     if events is not None and len(events):
         from probes.stages import export_chrome_trace
 
-        export_chrome_trace(list(events), out / "trace.json")
+        export_chrome_trace(events, out / "trace.json")
         artifacts["trace"] = "trace.json"
     speedscope = results_detail(result, "pyspy", "speedscope")
     if speedscope:

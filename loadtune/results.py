@@ -278,12 +278,13 @@ class TrialResult:
         samples_per_s: Throughput: the window's for a complete trial, the rate when it was
             stopped for a pruned or infeasible one, None for a failed one.
         peak_memory_bytes: The most memory the loader added while the trial ran (see
-            NOTE [ Loader memory ] in loadtune/tune.py), or None where not read.
+            NOTE [ Loader memory ] in loadtune/tune/trial.py), or None where not read.
         duration_s: Wall time of the trial, worker start-up included.
         source: Why it was measured: ``"incumbent"``, ``"model"`` (the profile's predicted
-            best), ``"initial"`` (given by the caller), ``"sampler"``, ``"nearest"`` (the
-            closest unmeasured config to a suggestion already measured) or ``"retry"``
-            (a trial interrupted before it finished).
+            best), ``"initial"`` (given by the caller), ``"neighbour"`` (one step from a
+            config that was the best so far), ``"sampler"``, ``"nearest"`` (the closest
+            unmeasured config to a suggestion already measured) or ``"retry"`` (a trial
+            interrupted before it finished).
         host: The machine and process that ran it (``host:pid``).
     """
 
@@ -464,7 +465,9 @@ class TuneResult:
             other's sharing the study).
         ab: The deciding A/B comparison: the chosen candidate's, or on "keep" the best
             finalist's; None when no finalist could be compared.
-        finalists: Every A/B comparison made, best search throughput first.
+        finalists: Every A/B comparison made, highest speedup first. The finalists are
+            timed in the same interleaved rounds, beside the same incumbent windows, so two
+            of them compare round by round too.
         tuned: The config to use (the incumbent itself when the verdict is "keep").
         verdict: ``"apply"`` or ``"keep"``.
         reason: The verdict in one plain sentence, with the numbers.
@@ -477,7 +480,9 @@ class TuneResult:
         model: The profile model's pick: ``num_workers``, ``samples_per_s`` (predicted),
             ``bound``, or ``reason`` when the model could not be used.
         step: The simulated training step ("30 ms"), or None.
-        stopped: Why the search stopped ("20 trials measured", "time budget spent", ...).
+        stopped: Why the search stopped ("20 trials measured", "time budget spent",
+            "converged: 4 trials in a row were not more than 5% faster than the best before
+            them", ...).
         duration_s: Wall time of the whole run.
         created: When the run finished (ISO 8601, UTC).
         schema: The file format version.

@@ -32,7 +32,7 @@ from typing import Any
 import torch.utils.data as tud
 
 from .config import LoaderConfig
-from .errors import TargetError
+from .errors import ConfigError, TargetError
 
 __all__ = ["LoaderFactory", "clone", "load_object", "resolve"]
 
@@ -133,18 +133,30 @@ def clone(
     Args:
         loader: A torch or loadtune DataLoader.
         config: The settings to apply (num_workers, prefetch_factor, batch_size, pin_memory,
-            persistent_workers); None keeps the loader's.
+            persistent_workers, fetch_concurrency); None keeps the loader's. A
+            ``fetch_concurrency`` of None keeps the loader's own (loadtune's loader only).
         backend: ``"auto"`` (the loader's own class), ``"loadtune"`` or ``"torch"``.
         **overrides: Individual settings, applied after ``config``.
 
     Raises:
         TargetError: a batch size change asked of a loader with a custom batch_sampler.
+        ConfigError: a ``fetch_concurrency`` above 1 for a torch DataLoader.
     """
     base = LoaderConfig.from_loader(loader)
     cfg = config or base
     if overrides:
         cfg = cfg.with_(**overrides)
     cls = _loader_class(backend, loader)
+    from .loader import DataLoader as Ours
+
+    # Asked for by the caller (a loader's own setting is dropped when it is rebuilt as torch's)
+    concurrency = cfg.fetch_concurrency if config is not None or overrides else None
+    if concurrency is not None and concurrency > 1 and not issubclass(cls, Ours):
+        raise ConfigError(
+            f"fetch_concurrency={concurrency} needs loadtune's DataLoader: torch's DataLoader "
+            "has no such argument (build the loader with loadtune.DataLoader, or leave "
+            "fetch_concurrency out of the config)"
+        )
     kwargs: dict[str, Any] = {
         "num_workers": cfg.num_workers,
         "collate_fn": loader.collate_fn,
@@ -172,8 +184,10 @@ def clone(
         kwargs["drop_last"] = loader.drop_last
         if loader._dataset_kind == 0:  # map-style: keep the sampler (shuffle included)
             kwargs["sampler"] = loader.sampler
-    from .loader import DataLoader as Ours
-
+    if issubclass(cls, Ours):
+        own = base.fetch_concurrency  # None: the loader is torch's, and had none
+        if cfg.fetch_concurrency is not None or own is not None:
+            kwargs["fetch_concurrency"] = cfg.fetch_concurrency or own
     if isinstance(loader, Ours) and issubclass(cls, Ours):
         kwargs["dispatch"] = loader.dispatch
         kwargs["on_worker_death"] = loader.on_worker_death
@@ -186,7 +200,6 @@ def clone(
         kwargs["max_retries"] = loader._error_policy.max_retries
         kwargs["retry_backoff"] = loader._error_policy.backoff
         kwargs["retry_exhausted"] = loader._error_policy.retry_exhausted
-        kwargs["fetch_concurrency"] = loader.fetch_concurrency
         kwargs["per_sample_seed"] = loader.per_sample_seed
     return cls(loader.dataset, **kwargs)
 
@@ -219,6 +232,7 @@ class LoaderFactory:
             f"{self.target} ({self.kind}, {self.backend} DataLoader): batch_size={b.batch_size}, "
             f"num_workers={b.num_workers}, prefetch_factor={b.prefetch_factor}, "
             f"pin_memory={b.pin_memory}, persistent_workers={b.persistent_workers}"
+            + (f", fetch_concurrency={b.fetch_concurrency}" if b.fetch_concurrency else "")
         )
 
 
@@ -248,11 +262,13 @@ def resolve(
             ``"loadtune"`` or ``"torch"`` rebuilds with that class.
         shuffle: For a dataset target: build the loader with ``shuffle=True``.
         **overrides: Settings (num_workers, batch_size, prefetch_factor, pin_memory,
-            persistent_workers) for the baseline; a callable receives those it accepts.
+            persistent_workers, fetch_concurrency) for the baseline; a callable receives
+            those it accepts.
 
     Raises:
         TargetError: the target is missing, does not import, or is not a DataLoader, a
             Dataset or a callable returning one; the message says which, in one line.
+        ConfigError: a ``fetch_concurrency`` above 1 asked of torch's DataLoader.
 
     Example:
         >>> import torch
@@ -288,6 +304,7 @@ def resolve(
             batch_size=overrides.get("batch_size", 1),
             pin_memory=overrides.get("pin_memory", False),
             persistent_workers=overrides.get("persistent_workers", False),
+            fetch_concurrency=overrides.get("fetch_concurrency"),
         )
         template = loader_cls(
             obj,
@@ -306,6 +323,13 @@ def resolve(
         if backend == "torch"
         else _backend_of(template)
     )
+    if resolved_backend == "loadtune" and cfg.fetch_concurrency is None:
+        cfg = cfg.with_(fetch_concurrency=1)  # the loader's default, said explicitly
+    elif resolved_backend == "torch" and (cfg.fetch_concurrency or 1) > 1:
+        raise ConfigError(
+            f"fetch_concurrency={cfg.fetch_concurrency} needs loadtune's DataLoader: torch's "
+            "DataLoader has no such argument (use --backend loadtune)"
+        )
 
     def build(config: LoaderConfig) -> Any:
         return clone(template, config, backend=backend)

@@ -3,9 +3,10 @@
 ``terminal.render(result)`` gives a rich renderable and ``terminal.render_text`` its plain
 text; ``html.render(result)`` one self-contained HTML page. :func:`write` picks the renderer
 by the file's suffix and writes atomically. Renderers read ``loadtune.results`` only; what
-they say is in ``views`` (rows and sentences) and ``plotdata`` (the numbers of figures).
-A result is a ProfileResult, or a ``views.Comparison`` of two; each renderer dispatches on
-``result.kind``, so a new kind of result is one entry per renderer.
+they say is in ``views`` and ``tuneviews`` (rows and sentences) and ``plotdata`` and
+``tunedata`` (the numbers of figures). A result is a ProfileResult, a TuneResult, or a
+``compare.Comparison`` of two profiles; each renderer dispatches on ``result.kind``, so a
+new kind of result is one entry per renderer.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from loadtune.errors import UsageError
 __all__ = ["FORMATS", "KINDS", "write"]
 
 #: The kinds of result every renderer draws (``result.kind``).
-KINDS = ("profile", "compare")
+KINDS = ("profile", "compare", "tune")
 
 
 def _html(result: Any) -> str:
@@ -48,7 +49,7 @@ def write(result: Any, path: str | os.PathLike) -> Path:
     leaves ``path`` untouched.
 
     Args:
-        result: A ProfileResult, or a ``reports.views.Comparison``.
+        result: A ProfileResult, a TuneResult, or a ``reports.compare.Comparison``.
         path: Where to write: ``.html`` (or ``.htm``) for the HTML page, ``.txt`` for the
             terminal summary as plain text (80 columns).
 

@@ -95,12 +95,17 @@ class Track:
 
 @dataclass(frozen=True, slots=True)
 class Timeline:
-    """The batch timeline: each batch's wait (ms, at the time it was taken) and the tracks."""
+    """The batch timeline: each batch's wait (ms, at the time it was taken) and the tracks.
+
+    ``changes`` marks where the worker pool changed size (``num_workers="auto"``) inside
+    the window: (seconds since it opened, ``"2→3"``).
+    """
 
     window_s: float
     wait_t: tuple[float, ...]
     wait_ms: tuple[float, ...]
     tracks: tuple[Track, ...]
+    changes: tuple[tuple[float, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,7 +261,12 @@ def timeline(result: ProfileResult) -> Timeline | None:
         busy = [(s, e - s) for s, e in intervals[key]]
         tracks.append(Track(label, "busy", _fit(busy, window)))
     wait_t, wait_ms = thin(waits.t, [w * 1e3 for w in waits.values], reduce=max)
-    return Timeline(window, wait_t, wait_ms, tuple(tracks))
+    changes = tuple(
+        (float(c["time_s"]), f"{c['from']}→{c['to']}")
+        for c in stages.detail.get("worker_history") or ()
+        if 0.0 <= float(c["time_s"]) <= window
+    )
+    return Timeline(window, wait_t, wait_ms, tuple(tracks), changes)
 
 
 def _fit(spans: list[tuple[float, float]], window: float) -> tuple[tuple[float, float], ...]:
@@ -328,13 +338,23 @@ def load_average(result: ProfileResult) -> LineChart | None:
     return LineChart("load average (1 min)", "runnable tasks", tuple(lines))
 
 
+_MIN_USS_POINTS = 5
+
+
 def memory(result: ProfileResult) -> LineChart | None:
-    """Each process's own memory (USS, else RSS), the total PSS and /dev/shm in use."""
+    """Each process's own memory (USS, else RSS), the total PSS and /dev/shm in use.
+
+    USS is read every few seconds at most (it walks the page tables; NOTE [ Memory probe
+    budget ] in probes/memory.py) and RSS at every sample: with fewer than
+    ``_MIN_USS_POINTS`` USS readings per process the lines are RSS, which shows the shape.
+    """
     probe = _probe(result, "memory")
     if probe is None:
         return None
     picked: list[tuple[str, Series, bool]] = []
     uss = _role_series(probe, "_uss_bytes")
+    if any(len(s.values) < _MIN_USS_POINTS for _, s in uss):
+        uss = []
     for role, s in uss or _role_series(probe, "_rss_bytes"):
         picked.append((f"{role} {'USS' if uss else 'RSS'}", s, False))
     for name, label in (("total_pss_bytes", "total PSS"), ("shm_used_bytes", "/dev/shm used")):

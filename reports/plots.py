@@ -7,20 +7,39 @@ font installed), and every ``id`` prefixed with a hash of the figure so that sev
 figures in one page never share an id. matplotlib is imported inside the functions (it is
 slow to import) and used through ``Figure`` directly, never pyplot: no GUI backend, no
 global figure state. Text is escaped by matplotlib's SVG writer.
+
+The exceptions are the two figures Optuna draws (:func:`optuna_history`,
+:func:`optuna_importances`): Optuna's matplotlib functions make their figure through
+pyplot and set its ggplot style globally. They run inside an ``rc_context`` (so the style
+is undone), the figure is restyled to match the others and closed once it is SVG (so no
+pyplot state is left behind), and pyplot's backend is left as the process has it (Agg
+where there is no display).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from .plotdata import Bars, Curve, LineChart, Timeline
+from .tunedata import ABRounds, ThroughputGrid
 
-__all__ = ["bars", "curve", "line_chart", "timeline"]
+__all__ = [
+    "ab_rounds",
+    "bars",
+    "curve",
+    "line_chart",
+    "optuna_history",
+    "optuna_importances",
+    "throughput_grid",
+    "timeline",
+]
 
 # A colour-blind-safe palette (Paul Tol's "bright"), in the order lines are drawn.
 PALETTE = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
@@ -149,6 +168,19 @@ def timeline(data: Timeline, width: float = FULL) -> str:
         bottom.grid(axis="y", visible=False)
         bottom.set_xlim(0, data.window_s)
         bottom.set_xlabel("seconds since the window opened")
+        for t, label in data.changes:
+            for ax in (top, bottom):
+                ax.axvline(t, color=ACCENT, linestyle="--", linewidth=1.2, zorder=3)
+            top.annotate(
+                label,
+                (t, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -2),
+                textcoords="offset points",
+                va="top",
+                color=ACCENT,
+                fontsize=8,
+            )
         return _svg(fig)
 
 
@@ -220,3 +252,191 @@ def curve(data: Curve, width: float = HALF) -> str:
         ax.xaxis.get_major_locator().set_params(integer=True)
         _legend(ax, 2)
         return _svg(fig)
+
+
+# --------------------------------------------------------------------------- tune figures
+
+
+def throughput_grid(data: ThroughputGrid, width: float = HALF) -> str:
+    """Samples/s per (num_workers, prefetch_factor) as a heatmap; trials that did not
+    complete are named in their cell; the tuned config is boxed, the current one dashed."""
+    import matplotlib
+
+    cols, rows = list(data.workers), list(data.prefetch)
+    matrix = [[math.nan] * len(cols) for _ in rows]
+    for cell in data.cells:
+        if cell.samples_per_s is not None:
+            matrix[rows.index(cell.prefetch)][cols.index(cell.workers)] = cell.samples_per_s
+    values = [v for row in matrix for v in row if not math.isnan(v)]
+    # Every column needs room for "1,234" or "infeasible": grow with them up to full width.
+    width = min(FULL, max(width + 0.8, 1.6 + 0.55 * len(cols)))
+    size = 7.5 if len(cols) <= 10 else 6.0
+    with _figure(width, 0.9 + 0.42 * len(rows)) as (fig, ax):
+        cmap = matplotlib.colormaps["YlGnBu"].with_extremes(bad="#f5f5f5")
+        top = max(values) if values else 1.0
+        image = ax.imshow(matrix, cmap=cmap, aspect="auto", origin="lower", vmin=0, vmax=top)
+        for cell in data.cells:
+            x, y = cols.index(cell.workers), rows.index(cell.prefetch)
+            if cell.samples_per_s is None:
+                text, colour = cell.state, "#c62828" if cell.state != "pruned" else INK
+            else:
+                text = f"{cell.samples_per_s:,.0f}"
+                colour = "white" if cell.samples_per_s > 0.6 * top else INK
+            ax.text(x, y, text, ha="center", va="center", fontsize=size, color=colour)
+        for (workers, prefetch), style in (
+            (data.incumbent, {"edgecolor": "#616161", "linestyle": "--"}),
+            (data.tuned, {"edgecolor": ACCENT, "linestyle": "-"}),
+        ):
+            if workers in cols and prefetch in rows:
+                x, y = cols.index(workers), rows.index(prefetch)
+                ax.add_patch(
+                    matplotlib.patches.Rectangle(
+                        (x - 0.48, y - 0.48), 0.96, 0.96, fill=False, linewidth=2, **style
+                    )
+                )
+        ax.set_xticks(range(len(cols)), [str(w) for w in cols])
+        ax.set_yticks(range(len(rows)), ["none" if p is None else str(p) for p in rows])
+        ax.grid(False)
+        ax.set_xlabel("num_workers")
+        ax.set_ylabel("prefetch_factor")
+        ax.set_title("samples/s by num_workers and prefetch_factor")
+        if values:
+            fig.colorbar(image, ax=ax, label="samples/s", shrink=0.9)
+        return _svg(fig)
+
+
+def ab_rounds(data: ABRounds, width: float = FULL) -> str:
+    """Each finalist's A/B rounds: the round ratios as dots over the 95% interval's bar, the
+    median as a diamond, 1.0 (no change) and the bar a change must clear (if any) as lines."""
+    n = len(data.tests)
+    with _figure(width, 1.1 + 0.45 * n) as (fig, ax):
+        for i, test in enumerate(data.tests):
+            colour = PALETTE[2] if test.chosen else PALETTE[0]
+            first = i == 0
+            ax.hlines(
+                i,
+                test.interval[0],
+                test.interval[1],
+                color=colour,
+                linewidth=7,
+                alpha=0.35,
+                label="95% interval" if first else None,
+            )
+            ax.plot(
+                test.ratios,
+                [i] * len(test.ratios),
+                "o",
+                color=colour,
+                markersize=4,
+                label="one round" if first else None,
+            )
+            ax.plot(
+                [test.speedup], [i], "D", color=INK, markersize=5, label="median" if first else None
+            )
+        ax.axvline(1.0, color="#9e9e9e", linewidth=1)
+        if data.threshold is not None:
+            ax.axvline(
+                data.threshold,
+                color=ACCENT,
+                linestyle="--",
+                linewidth=1.2,
+                label=f"to clear: {data.threshold:.2f}x",
+            )
+        labels = [t.label + (" (chosen)" if t.chosen else "") for t in data.tests]
+        ax.set_yticks(range(n), labels)
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel("candidate / current samples/s")
+        ax.set_title("A/B rounds against the current settings")
+        _legend(ax, 2)
+        return _svg(fig)
+
+
+@contextmanager
+def _pyplot_figures() -> Iterator[list[Any]]:
+    """Runs pyplot code under the report's style; every figure put in the list is closed.
+
+    The ``rc_context`` also undoes the ggplot style Optuna's plots set globally.
+    """
+    import matplotlib
+    from matplotlib import pyplot as plt
+
+    figures: list[Any] = []
+    with matplotlib.rc_context(_STYLE):
+        try:
+            yield figures
+        finally:
+            for fig in figures:
+                plt.close(fig)
+
+
+def _restyle(ax: Any, title: str, width: float, height: float) -> None:
+    """Optuna's ggplot look turned into the report's: white ground, quiet grid, our title."""
+    fig = ax.figure
+    fig.set_size_inches(width, height)
+    fig.set_layout_engine("constrained")
+    fig.set_facecolor("white")
+    ax.set_facecolor("white")
+    ax.grid(True, color=GRID, linewidth=0.8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_visible(True)
+        ax.spines[side].set_color("#bdbdbd")
+    ax.tick_params(colors="#757575", labelsize=8)
+    ax.xaxis.label.set_color(INK)
+    ax.yaxis.label.set_color(INK)
+    ax.xaxis.label.set_fontsize(9)
+    ax.yaxis.label.set_fontsize(9)
+    ax.set_title("")  # Optuna's own, centred
+    ax.set_title(title, loc="left", fontsize=10, fontweight="bold", color=INK)
+    legend = ax.get_legend()
+    if legend is not None:
+        legend.get_frame().set_visible(False)
+        for text in legend.get_texts():
+            text.set_fontsize(8)
+
+
+def optuna_history(study: Any, width: float = HALF) -> str:
+    """Optuna's optimisation history of ``study`` (samples/s per trial and the best so far)."""
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with _pyplot_figures() as figures, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        ax = plot_optimization_history(study, target_name="samples/s")
+        figures.append(ax.figure)
+        _restyle(ax, "samples/s per trial, and the best so far", width, 2.8)
+        return _svg(ax.figure)
+
+
+def optuna_importances(study: Any, evaluator: Any, width: float = HALF) -> tuple[str, list[str]]:
+    """Optuna's parameter importances of ``study``, and what Optuna warned while computing.
+
+    Returns:
+        The SVG, and the messages of the warnings the evaluator gave (a setting seen in
+        too few trials, say), for the page to show beside the figure.
+    """
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    with _pyplot_figures() as figures, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ax = plot_param_importances(study, evaluator=evaluator, target_name="samples/s")
+        figures.append(ax.figure)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()  # one objective: the legend would only repeat it
+        height = 1.0 + 0.4 * len(ax.get_yticks())
+        _restyle(ax, "how much each setting explains the best trials", width, height)
+        ax.set_ylabel("")
+        ax.set_xlabel("importance (shares sum to 1)")
+        for text in ax.texts:  # Optuna's value labels
+            text.set_fontsize(8)
+            text.set_color(INK)
+        svg = _svg(ax.figure)
+    notes = [
+        str(w.message)
+        for w in seen
+        if "optuna" in w.filename and not issubclass(w.category, ExperimentalWarning)
+    ]
+    return svg, list(dict.fromkeys(notes))

@@ -1,6 +1,7 @@
-"""render(result) -> a rich renderable: the terminal summary of a profile or a comparison.
+"""render(result) -> a rich renderable: the terminal summary of a profile, study or comparison.
 
-What is said comes from reports.views; this module decides how it looks in a terminal. It
+What is said comes from reports.views (reports.tuneviews for a study); this module decides
+how it looks in a terminal. It
 fits 80 columns, and colour only repeats what the words say, so the output reads the same
 with ``NO_COLOR``, in a pipe or in a file (:func:`render_text`). Every value is passed to
 rich as ``Text``, never as markup, so a ``[`` in a target or a function name is shown as
@@ -20,9 +21,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from loadtune.results import ProfileResult
+from loadtune.results import ProfileResult, TuneResult
 
-from . import compare, tables, views
+from . import compare, tables, tuneviews, views
 from .compare import Comparison
 
 __all__ = ["WIDTH", "render", "render_text"]
@@ -33,7 +34,7 @@ HOT_FUNCTIONS = 5
 
 
 def render(result: Any) -> Any:
-    """The terminal summary of a result (a ProfileResult, or a views.Comparison).
+    """The terminal summary of a result (a ProfileResult, a TuneResult, or a Comparison).
 
     Raises:
         TypeError: there is no terminal summary for this kind of result.
@@ -69,13 +70,18 @@ def _grid(rows: Sequence[tuple[str, str]]) -> Table:
     return grid
 
 
-def _table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
-    """A table with the first column left-aligned and the others right-aligned."""
+def _table(
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    left: Sequence[int] = (0,),
+) -> Table:
+    """A table with the columns numbered in ``left`` left-aligned, the others right-aligned."""
     table = Table(
         title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False
     )
     for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i == 0 else "right")
+        table.add_column(header, justify="left" if i in left else "right")
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     return table
@@ -98,6 +104,9 @@ def _profile(result: ProfileResult) -> Any:
                 workers,
             )
         )
+    pool = views.pool_rows(result)
+    if pool:
+        parts.append(_table("worker pool changes", ("at", "from", "to", "why"), pool, left=(3,)))
     resources = views.resource_rows(result)
     if resources:
         parts.append(Group(Text("resources", style="bold"), Padding(_grid(resources), (0, 1))))
@@ -157,4 +166,41 @@ def _compare(c: Comparison) -> Any:
     return _spaced([Panel(head, title="loadtune compare", expand=False), table])
 
 
-_PAGES: dict[str, Callable[[Any], Any]] = {"profile": _profile, "compare": _compare}
+def _tune(result: TuneResult) -> Any:
+    """Summary panel, the trials and why some ended early, the A/B tests, the snippet."""
+    parts: list[Any] = [
+        Panel(_grid(tuneviews.tune_headline(result)), title="loadtune autotune", expand=False)
+    ]
+    names = tuneviews.varying_settings(result)
+    # A column per setting that varied; past three, source and then memory give way to
+    # keep 80 columns (the HTML report has every column).
+    extra = ("samples/s", "memory", "source")[: max(1, min(3, 6 - len(names)))]
+    headers = ("#", *(tuneviews.SHORT_NAMES.get(n, n) for n in names), "state", *extra)
+    rows = [
+        (str(r.number), *r.settings, r.state, r.samples_per_s, r.memory, r.source)[: len(headers)]
+        for r in tuneviews.trial_rows(result)
+    ]
+    state = len(names) + 1  # the state and source columns are words: left-aligned
+    trials = _table("trials", headers, rows, (state, state + 3))
+    notes = tuneviews.trial_notes(result)
+    parts.append(Group(trials, Padding(_grid(notes), (0, 1))) if notes else trials)
+    finalists = tuneviews.finalist_rows(result)
+    if finalists:
+        parts.append(
+            _table(
+                "A/B tests against the current settings",
+                ("candidate", "rounds", "speedup", "95% interval", "result"),
+                finalists,
+                left=(0, 4),
+            )
+        )
+    code = Text(tuneviews.snippet(result).rstrip("\n"))
+    parts.append(Group(Text("tuned config", style="bold"), Padding(code, (0, 1))))
+    return _spaced(parts)
+
+
+_PAGES: dict[str, Callable[[Any], Any]] = {
+    "profile": _profile,
+    "compare": _compare,
+    "tune": _tune,
+}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from loadtune.results import ProfileResult
+from loadtune.results import ProfileResult, TuneResult
 from probes.base import ProbeResult
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "STAGES",
     "STAGE_HELP",
     "bottleneck_title",
+    "cache_line",
     "evidence_rows",
     "fmt_bytes",
     "fmt_cpus",
@@ -31,6 +32,7 @@ __all__ = [
     "fmt_value",
     "measured",
     "model_rows",
+    "pool_rows",
     "probe_reason",
     "profile_headline",
     "resource_rows",
@@ -305,7 +307,7 @@ def run_rows(result: ProfileResult) -> list[tuple[str, str]]:
     return rows
 
 
-def system_rows(result: ProfileResult) -> list[tuple[str, str]]:
+def system_rows(result: ProfileResult | TuneResult) -> list[tuple[str, str]]:
     """The machine: CPU, cores, memory, /dev/shm, NUMA nodes, Python, torch, CUDA."""
     s = result.machine
     nodes = (
@@ -432,8 +434,47 @@ def worker_rows(result: ProfileResult) -> list[tuple[str, ...]]:
     return rows
 
 
+def pool_rows(result: ProfileResult) -> list[tuple[str, str, str, str]]:
+    """(time, from, to, why) per change of the worker pool's size (``num_workers="auto"``).
+
+    Time is in seconds since the measured window opened (negative: during the warm-up).
+    Empty when the pool kept its size or the loader does not record changes.
+    """
+    stages = measured(result, "stages")
+    if stages is None:
+        return []
+    return [
+        (f"{float(c['time_s']):.2f} s", str(c["from"]), str(c["to"]), str(c.get("reason", "")))
+        for c in stages.detail.get("worker_history") or ()
+    ]
+
+
+def cache_line(result: ProfileResult) -> str | None:
+    """The sample cache's hit rate and size in one line, or None without a cache probe.
+
+    ``93.1% hits (1,234 of 1,325), 512.0 MiB held of 1.0 GiB``: lookups over the window,
+    the bytes held at its end.
+    """
+    cache = measured(result, "cache")
+    if cache is None:
+        return None
+    s = cache.summary
+    hits, misses = int(s.get("hits", 0)), int(s.get("misses", 0))
+    if hits + misses == 0:
+        text = "no lookups in the window"
+    else:
+        pct = s.get("hit_rate_pct", 100.0 * hits / (hits + misses))
+        text = f"{pct:.1f}% hits ({hits:,} of {hits + misses:,})"
+    if "bytes_held" in s:
+        limit = s.get("max_bytes")
+        text += f", {fmt_bytes(s['bytes_held'])} held" + (
+            f" of {fmt_bytes(limit)}" if limit else ""
+        )
+    return text
+
+
 def resource_rows(result: ProfileResult) -> list[tuple[str, str]]:
-    """The resource figures in a few lines: peak memory, /dev/shm, CPU, I/O."""
+    """The resource figures in a few lines: peak memory, /dev/shm, the sample cache, CPU, I/O."""
     rows: list[tuple[str, str]] = []
     memory = measured(result, "memory")
     if memory is not None:
@@ -451,6 +492,9 @@ def resource_rows(result: ProfileResult) -> list[tuple[str, str]]:
         flagged = memory.detail.get("copy_on_read_workers") or []
         if flagged:
             rows.append(("copy-on-read", f"memory grows steadily in {', '.join(flagged)}"))
+    cache = cache_line(result)
+    if cache is not None:
+        rows.append(("sample cache", cache))
     cpu = measured(result, "cpu")
     if cpu is not None:
         s = cpu.summary

@@ -95,6 +95,59 @@ def test_apply_round_trips_through_json_and_toml(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "tuned.json").read_text())["prefetch_factor"] == 4
 
 
+def test_fetch_concurrency_is_written_only_when_set(tmp_path: Path) -> None:
+    assert "fetch_concurrency" not in LoaderConfig(num_workers=2).to_dict()
+    cfg = LoaderConfig(num_workers=2, batch_size=4, fetch_concurrency=8)
+    assert cfg.to_dict()["fetch_concurrency"] == 8
+    for name in ("tuned.json", "tuned.toml"):
+        write(cfg, tmp_path / name)
+        assert read(tmp_path / name)[0] == cfg
+    assert "fetch_concurrency = 8\n" in (tmp_path / "tuned.toml").read_text()
+    # a file written before the setting existed has no such key: it reads as "not set"
+    (tmp_path / "old.json").write_text('{"num_workers": 2, "prefetch_factor": 2, "batch_size": 4}')
+    assert read(tmp_path / "old.json")[0].fetch_concurrency is None
+    with pytest.raises(ConfigError, match="fetch_concurrency must be >= 1, got 0"):
+        LoaderConfig(fetch_concurrency=0)
+
+
+def test_apply_sets_fetch_concurrency_on_our_loader_and_keeps_it_otherwise(
+    tmp_path: Path,
+) -> None:
+    ours = loadtune.DataLoader(DATA, batch_size=4, fetch_concurrency=4)
+    assert LoaderConfig.from_loader(ours).fetch_concurrency == 4
+    applied = apply(LoaderConfig(num_workers=0, batch_size=4, fetch_concurrency=16), ours)
+    assert type(applied) is loadtune.DataLoader and applied.fetch_concurrency == 16
+    # a config without it (an old file) leaves the loader's own
+    (tmp_path / "old.json").write_text('{"num_workers": 1, "batch_size": 8}')
+    kept = apply(tmp_path / "old.json", ours)
+    assert (kept.fetch_concurrency, kept.num_workers, kept.batch_size) == (4, 1, 8)
+    # a torch loader rebuilt as ours gets it too
+    theirs = DataLoader(DATA, batch_size=4)
+    rebuilt = clone(theirs, LoaderConfig(batch_size=4, fetch_concurrency=2), backend="loadtune")
+    assert rebuilt.fetch_concurrency == 2
+    # ours rebuilt as torch's drops its own setting: torch's loader has none
+    assert type(clone(ours, backend="torch")) is DataLoader
+
+
+def test_apply_refuses_fetch_concurrency_for_a_torch_loader(tmp_path: Path) -> None:
+    theirs = DataLoader(DATA, batch_size=4)
+    write(LoaderConfig(num_workers=0, batch_size=4, fetch_concurrency=8), tmp_path / "t.json")
+    with pytest.raises(ConfigError) as info:
+        apply(tmp_path / "t.json", theirs)
+    assert str(info.value) == (
+        f"config {str(tmp_path / 't.json')!r}: fetch_concurrency=8 needs loadtune's "
+        "DataLoader: torch's DataLoader has no such argument (build the loader with "
+        "loadtune.DataLoader, or leave fetch_concurrency out of the config)"
+    )
+    # 1 is what torch's loader does anyway
+    same = apply(LoaderConfig(num_workers=0, batch_size=2, fetch_concurrency=1), theirs)
+    assert type(same) is DataLoader and same.batch_size == 2
+    with pytest.raises(ConfigError, match="fetch_concurrency=4 needs loadtune's DataLoader"):
+        resolve(theirs, fetch_concurrency=4)
+    assert resolve(DATA, batch_size=4).baseline.fetch_concurrency == 1  # ours, said so
+    assert resolve(theirs).baseline.fetch_concurrency is None
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -103,6 +156,7 @@ def test_apply_round_trips_through_json_and_toml(tmp_path: Path) -> None:
         ('{"num_workers": "two"}', "num_workers must be an integer"),
         ('{"workers": 2}', "unknown key(s) workers"),
         ('{"num_workers": -1}', "num_workers must be >= 0"),
+        ('{"fetch_concurrency": true}', "fetch_concurrency must be an integer, got True"),
     ],
 )
 def test_bad_config_files(tmp_path: Path, content: str | None, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for the report tests: the saved profile, a changed copy, and a hostile one."""
+"""Fixtures for the report tests: the saved profile and study, changed copies, hostile ones."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from loadtune.results import ProfileResult, load
+from loadtune.results import ProfileResult, TuneResult, load
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PROFILE = DATA / "profile_v1.json"
+TUNE = DATA / "tune_v1.json"
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +87,42 @@ def evil_data() -> dict[str, Any]:
 def evil() -> ProfileResult:
     """A profile whose strings are all markup (see :func:`evil_data`)."""
     return ProfileResult.from_dict(evil_data())
+
+
+@pytest.fixture(scope="session")
+def tune() -> TuneResult:
+    """The fixture study: a real autotune run on a small dataset (tests/data/tune_v1.py)."""
+    return load(TUNE)
+
+
+@pytest.fixture(scope="session")
+def tune_html(tune: TuneResult) -> str:
+    """The fixture study's HTML page, drawn once for the tests that only read it."""
+    from reports import html
+
+    return html.render(tune)
+
+
+def tune_data() -> dict[str, Any]:
+    """The study fixture's JSON, a fresh copy to change."""
+    return json.loads(TUNE.read_text())
+
+
+EVIL_TRIAL_REASON = "OSError: <script>alert('trial')</script> & <img src=x onerror=alert(3)>"
+
+
+def evil_tune_data() -> dict[str, Any]:
+    """The study fixture's JSON with markup in every string the user or the machine controls."""
+    data = tune_data()
+    data["target"] = EVIL_TARGET
+    data["reason"] = "apply <b onmouseover=x>this</b>"
+    data["step"] = "<em>step</em>"
+    data["study_name"] = "<i>study</i>"
+    data["stopped"] = "<marquee>stopped</marquee>"
+    data["machine"]["cpu_model"] = "<blink>cpu</blink>"
+    failed = next(t for t in data["trials"] if t["state"] == "failed")
+    failed["reason"] = EVIL_TRIAL_REASON
+    failed["source"] = "<u>sampler</u>"
+    data["ab"]["reason"] = "<iframe src=x></iframe>"
+    data["finalists"][0]["method"] = "<code onclick=x>t</code>"
+    return data

@@ -69,20 +69,33 @@ def _console_errors(stderr: str) -> list[str]:
     ]
 
 
-def test_chromium_draws_the_report(profile_html: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "page_fixture, sections, figures",
+    [
+        ("profile_html", html_report.PROFILE_SECTIONS, 9),
+        ("tune_html", html_report.TUNE_SECTIONS, 4),
+    ],
+)
+def test_chromium_draws_the_report(
+    request: pytest.FixtureRequest,
+    page_fixture: str,
+    sections: tuple[tuple[str, str], ...],
+    figures: int,
+    tmp_path: Path,
+) -> None:
     import numpy as np
     from PIL import Image
 
     page = tmp_path / "report.html"
-    page.write_text(profile_html, encoding="utf-8")
+    page.write_text(request.getfixturevalue(page_fixture), encoding="utf-8")
     shot = tmp_path / "shot.png"
     run = _open(page, shot, tmp_path / "chromium-profile")
     assert run.returncode == 0, run.stderr[-2000:]
     assert _console_errors(run.stderr) == []
     dom = run.stdout
-    for anchor, title in html_report.PROFILE_SECTIONS:
+    for anchor, title in sections:
         assert f'id="{anchor}"' in dom and f">{title}</h2>" in dom
-    assert dom.count("<svg") == 9
+    assert dom.count("<svg") == figures
 
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 3000)

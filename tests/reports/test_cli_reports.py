@@ -1,4 +1,7 @@
-"""`loadtune report`, `loadtune compare`, and the report.html that `loadtune profile` writes."""
+"""`loadtune report`, `loadtune compare`, and the report.html that `loadtune profile` writes.
+
+`loadtune autotune`'s tune.html is checked where autotune's command line is (tests/test_tune.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 
 import cli
 
-from .conftest import PROFILE, faster_copy, profile_data
+from .conftest import PROFILE, TUNE, faster_copy, profile_data, tune_data
 
 
 def test_report_prints_the_summary_and_writes_html(
@@ -22,6 +25,53 @@ def test_report_prints_the_summary_and_writes_html(
     assert "loadtune profile" in stdout and "914 samples/s" in stdout
     assert stdout.endswith(f"wrote {out}\n")
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_report_draws_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tune.html"
+    assert cli.main(["report", str(TUNE), "--html", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "loadtune autotune" in stdout and "apply: use num_workers=3, prefetch_factor=1" in stdout
+    assert stdout.endswith(f"wrote {out}\n")
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<h1>Autotune of <code>pipeline.py:loader" in page
+    assert cli.main(["report", str(TUNE), "--html", str(out), "--no-terminal"]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+
+
+def test_compare_refuses_a_study(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["compare", str(PROFILE), str(TUNE)]) == 2
+    assert capsys.readouterr().err == (
+        f"loadtune: error: {TUNE}: compare takes two profiles, not a 'tune' result\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(schema=2), "unknown schema version 2 (this loadtune reads 1)"),
+        (lambda d: d.pop("trials"), "missing field 'trials'"),
+        (lambda d: d["trials"][3].pop("state"), "missing field 'trials[3].state'"),
+        (lambda d: d["trials"][0].update(state="lost"), "trials[0].state is 'lost', not a trial"),
+        (lambda d: d["ab"].pop("ratios"), "missing field 'ab.ratios'"),
+        (lambda d: d["finalists"][1].pop("speedup"), "missing field 'finalists[1].speedup'"),
+        (lambda d: d.update(verdict="maybe"), "verdict is 'maybe', not 'apply' or 'keep'"),
+    ],
+)
+def test_a_bad_study_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: object, message: str
+) -> None:
+    data = tune_data()
+    change(data)  # type: ignore[operator]
+    bad = tmp_path / "tune.json"
+    bad.write_text(json.dumps(data))
+    page = tmp_path / "tune.html"
+    assert cli.main(["report", str(bad), "--html", str(page)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"loadtune: error: {bad}: ")
+    assert message in captured.err and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not page.exists()
 
 
 def test_report_without_html_prints_only_the_summary(capsys: pytest.CaptureFixture[str]) -> None:

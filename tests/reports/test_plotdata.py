@@ -77,6 +77,27 @@ def test_memory_in_mebibytes(profile: ProfileResult) -> None:
     assert data.lines[1].x == t and data.lines[1].y == tuple(v / 2**20 for v in values)
 
 
+def test_memory_falls_back_to_rss_when_uss_was_read_only_a_few_times(
+    profile: ProfileResult,
+) -> None:
+    probe = profile.probes["memory"]
+    sparse = tuple(
+        dataclasses.replace(s, t=s.t[:4], values=s.values[:4])
+        if s.name.endswith("_uss_bytes")
+        else s
+        for s in probe.series
+    )
+    result = dataclasses.replace(
+        profile,
+        probes={**profile.probes, "memory": dataclasses.replace(probe, series=sparse)},
+    )
+    data = plotdata.memory(result)
+    labels = [line.label for line in data.lines]
+    assert labels == ["main RSS", "worker-0 RSS", "worker-1 RSS", "total PSS", "/dev/shm used"]
+    t, values = _series(profile, "memory", "worker-0_rss_bytes")
+    assert data.lines[1].x == t and data.lines[1].y == tuple(v / 2**20 for v in values)
+
+
 def test_io_rates_and_iowait(profile: ProfileResult) -> None:
     rates = plotdata.io_rates(profile)
     assert [line.label for line in rates.lines] == ["main", "worker-0", "worker-1"]
@@ -126,3 +147,17 @@ def test_compare_stages_puts_a_beside_b(profile: ProfileResult, faster: ProfileR
     i = bars.labels.index("wait")
     a, b = bars.series[0].values[i], bars.series[1].values[i]
     assert b == pytest.approx(a / 5)
+
+
+def test_timeline_marks_pool_changes_inside_the_window(profile: ProfileResult) -> None:
+    stages = profile.probes["stages"]
+    window = stages.summary["window_s"]
+    history = [
+        {"time_s": -0.5, "from": 1, "to": 2, "reason": "warm-up"},
+        {"time_s": 1.25, "from": 2, "to": 3, "reason": "waits"},
+        {"time_s": window + 1, "from": 3, "to": 2, "reason": "after the window"},
+    ]
+    stages = dataclasses.replace(stages, detail={**stages.detail, "worker_history": history})
+    data = plotdata.timeline(dataclasses.replace(profile, probes={"stages": stages}))
+    assert data.changes == ((1.25, "2→3"),)
+    assert plotdata.timeline(profile).changes == ()

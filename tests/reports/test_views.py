@@ -131,3 +131,67 @@ def test_compare_rows_give_b_over_a(profile: ProfileResult, faster: ProfileResul
     assert compare.compare_headline(c) == (
         "B runs at 1.60x the throughput of A (914 -> 1,463 samples/s); data stall 69% -> 12%"
     )
+
+
+def _with_cache_and_pool(profile: ProfileResult) -> ProfileResult:
+    """The fixture with a sample-cache probe and two pool-size changes (num_workers="auto")."""
+    cache = ProbeResult(
+        "cache",
+        summary={
+            "hits": 1234,
+            "misses": 91,
+            "hit_rate_pct": 93.132,
+            "bytes_held": 512 * 2**20,
+            "max_bytes": 2**30,
+        },
+    )
+    stages = profile.probes["stages"]
+    history = [
+        {"time_s": -0.5, "from": 1, "to": 2, "reason": "warm-up: the consumer waited"},
+        {"time_s": 1.25, "from": 2, "to": 3, "reason": "the consumer waited 40% of the time"},
+    ]
+    stages = dataclasses.replace(stages, detail={**stages.detail, "worker_history": history})
+    return dataclasses.replace(profile, probes={**profile.probes, "stages": stages, "cache": cache})
+
+
+def test_cache_line(profile: ProfileResult) -> None:
+    assert views.cache_line(profile) is None  # no cache probe: nothing is said
+    rich = _with_cache_and_pool(profile)
+    text = "93.1% hits (1,234 of 1,325), 512.0 MiB held of 1.0 GiB"
+    assert views.cache_line(rich) == text
+    assert ("sample cache", text) in views.resource_rows(rich)
+    cold = ProbeResult("cache", summary={"hits": 0, "misses": 0, "bytes_held": 0})
+    empty = dataclasses.replace(profile, probes={**profile.probes, "cache": cold})
+    assert views.cache_line(empty) == "no lookups in the window, 0 B held"
+    off = ProbeResult.unavailable("cache", "the dataset is not a SharedCache")
+    assert views.cache_line(dataclasses.replace(profile, probes={"cache": off})) is None
+
+
+def test_pool_rows(profile: ProfileResult) -> None:
+    assert views.pool_rows(profile) == []
+    assert views.pool_rows(_with_cache_and_pool(profile)) == [
+        ("-0.50 s", "1", "2", "warm-up: the consumer waited"),
+        ("1.25 s", "2", "3", "the consumer waited 40% of the time"),
+    ]
+
+
+def test_cache_and_pool_in_both_renderers(profile: ProfileResult) -> None:
+    from reports import html, terminal
+
+    rich = _with_cache_and_pool(profile)
+    text = terminal.render_text(rich)
+    assert " sample cache       93.1% hits (1,234 of 1,325), 512.0 MiB held of 1.0 GiB" in text
+    table = text[text.index("worker pool changes") :].splitlines()
+    assert table[1].split() == ["at", "from", "to", "why"]
+    assert table[3].split()[:3] == ["-0.50", "s", "1"]
+    plain = terminal.render_text(profile)
+    assert "sample cache" not in plain and "worker pool" not in plain
+    page = html.render(rich)
+    summary = page[page.index('<section id="summary">') : page.index('<section id="diagnosis">')]
+    assert "sample cache: 93.1% hits (1,234 of 1,325), 512.0 MiB held of 1.0 GiB" in summary
+    memory = page[page.index('<section id="memory">') : page.index('<section id="io">')]
+    assert "sample cache: 93.1% hits" in memory
+    workers = page[page.index('<section id="workers">') : page.index('<section id="cpu">')]
+    assert "<td>the consumer waited 40% of the time</td>" in workers
+    assert "Dashed orange lines: the worker pool changed size" in page
+    assert "sample cache" not in html.render(profile)
