@@ -110,6 +110,19 @@ def _get(result: ProfileResult, probe: str, key: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def _pool_size(result: ProfileResult) -> int:
+    """The workers at the end of the window: ``num_workers="auto"`` may have changed it.
+
+    The model then describes the pool the window ended with (the stages probe's
+    ``worker_history``; its last change is the pool's size from then on).
+    """
+    stages = result.probes.get("stages")
+    history = stages.detail.get("worker_history") if stages is not None else None
+    if history:
+        return int(history[-1]["to"])
+    return result.config.num_workers
+
+
 def inputs(result: ProfileResult) -> Inputs:
     """Collect the rule inputs from a result."""
     m = result.measurement
@@ -156,7 +169,7 @@ def inputs(result: ProfileResult) -> Inputs:
         others = max(0.0, system_cpu / 100.0 * cores - ours)
         free = max(1.0, cores - others)
     return Inputs(
-        num_workers=result.config.num_workers,
+        num_workers=_pool_size(result),
         batch_size=result.config.batch_size or 1,
         cores=int(cores),
         free_cores=free,

@@ -121,7 +121,12 @@ def _loader_class(backend: str, template: Any | None) -> type:
 
 
 def clone(
-    loader: Any, config: LoaderConfig | None = None, *, backend: str = "auto", **overrides: Any
+    loader: Any,
+    config: LoaderConfig | None = None,
+    *,
+    backend: str = "auto",
+    keep_auto: bool = False,
+    **overrides: Any,
 ) -> Any:
     """Rebuild a DataLoader with other settings, keeping everything else it had.
 
@@ -136,6 +141,10 @@ def clone(
             persistent_workers, fetch_concurrency); None keeps the loader's. A
             ``fetch_concurrency`` of None keeps the loader's own (loadtune's loader only).
         backend: ``"auto"`` (the loader's own class), ``"loadtune"`` or ``"torch"``.
+        keep_auto: Keep ``num_workers="auto"`` / ``prefetch_factor="auto"`` of loadtune's
+            loader although a ``config`` is given (its numbers are then the pool's size
+            when it was read). Without a config they are kept unless an override sets them;
+            a config otherwise fixes them: that is how autotune measures fixed settings.
         **overrides: Individual settings, applied after ``config``.
 
     Raises:
@@ -201,6 +210,19 @@ def clone(
         kwargs["retry_backoff"] = loader._error_policy.backoff
         kwargs["retry_exhausted"] = loader._error_policy.retry_exhausted
         kwargs["per_sample_seed"] = loader.per_sample_seed
+        keep = keep_auto or config is None
+        if getattr(loader, "auto_workers", False) and keep and "num_workers" not in overrides:
+            kwargs["num_workers"] = "auto"
+            kwargs["max_workers"] = loader.max_workers
+            kwargs["timeout"] = loader.timeout
+            if loader.multiprocessing_context is not None:
+                kwargs["multiprocessing_context"] = loader.multiprocessing_context
+        if getattr(loader, "auto_prefetch", False) and keep and "prefetch_factor" not in overrides:
+            kwargs["prefetch_factor"] = "auto"
+        if kwargs["num_workers"] == "auto":
+            new = cls(loader.dataset, **kwargs)
+            new._pool_hook = loader._pool_hook  # tests force pool sizes through the clone
+            return new
     return cls(loader.dataset, **kwargs)
 
 
@@ -332,7 +354,8 @@ def resolve(
         )
 
     def build(config: LoaderConfig) -> Any:
-        return clone(template, config, backend=backend)
+        # the baseline is the loader as given: an "auto" pool stays "auto"
+        return clone(template, config, backend=backend, keep_auto=config is cfg)
 
     return LoaderFactory(name, kind, resolved_backend, cfg, build)
 

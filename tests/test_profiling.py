@@ -228,3 +228,25 @@ def test_result_files_with_unknown_schema_or_missing_fields(tmp_path: Path) -> N
     (tmp_path / "x.json").write_text("not json")
     with pytest.raises(ResultFormatError, match=r"x\.json: not a JSON result file"):
         load(tmp_path / "x.json")
+
+
+def _auto_pool_loader() -> DataLoader:
+    """An "auto" pool that a test hook grows to 3 workers after 6 batches."""
+    loader = DataLoader(Sleepy(), batch_size=4, num_workers="auto", max_workers=3)
+    loader._pool_hook = lambda handed_out: 3 if handed_out >= 6 else None
+    return loader
+
+
+def test_an_auto_pool_is_profiled_as_auto_and_its_changes_are_shown(tmp_path: Path) -> None:
+    result = profile(
+        _auto_pool_loader, batches=30, warmup=2, probes=["stages", "cpu"], out_dir=tmp_path
+    )
+    history = result.probes["stages"].detail["worker_history"]
+    assert [(h["from"], h["to"]) for h in history] == [(2, 3)]
+    assert history[0]["reason"] == "forced by the pool hook"
+    assert result.diagnosis.model  # the model ran on the pool the window ended with
+    measured = [p for p in result.diagnosis.prediction if p.measured]
+    assert [p.num_workers for p in measured] == [3]
+    trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    pool = [e for e in trace if e.get("cat") == "pool"]
+    assert [e["name"] for e in pool] == ["num_workers 2 -> 3"]

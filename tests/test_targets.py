@@ -237,3 +237,24 @@ def test_a_target_that_fails_to_import(tmp_path: Path) -> None:
     bad.write_text("import does_not_exist_anywhere\n")
     with pytest.raises(TargetError, match=r"importing .* failed .*ModuleNotFoundError"):
         resolve(f"{bad}:x")
+
+
+def test_an_auto_pool_stays_auto_unless_a_setting_is_given() -> None:
+    loader = loadtune.DataLoader(
+        torch.utils.data.TensorDataset(torch.arange(40.0)),
+        batch_size=4,
+        num_workers="auto",
+        max_workers=3,
+        prefetch_factor="auto",
+    )
+    kept = clone(loader)
+    assert (kept.auto_workers, kept.max_workers, kept.auto_prefetch) == (True, 3, True)
+    fixed = clone(loader, LoaderConfig(num_workers=2, batch_size=4, prefetch_factor=3))
+    assert (fixed.auto_workers, fixed.num_workers, fixed.auto_prefetch) == (False, 2, False)
+    assert fixed.prefetch_factor == 3
+    one = clone(loader, num_workers=1)
+    assert (one.auto_workers, one.num_workers, one.auto_prefetch) == (False, 1, True)
+    factory = resolve(loader)
+    assert factory().auto_workers and factory().max_workers == 3  # the loader as given
+    other = factory(factory.baseline.with_(num_workers=2))  # what autotune's trials build
+    assert (other.auto_workers, other.num_workers) == (False, 2)
