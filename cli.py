@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import loadtune
 from loadtune.errors import UsageError
@@ -307,6 +308,7 @@ def _autotune(args: argparse.Namespace) -> int:
             step=step,
             progress=progress,
             finalists=args.finalists,
+            patience=args.patience or None,
             rounds=args.rounds,
             out=out,
             on_phase=lambda text: bar.update(task, description=text),
@@ -320,9 +322,16 @@ def _autotune(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (the usage is behind ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="loadtune",
         description="Find out why a PyTorch input pipeline is slow, and make it faster.",
     )
@@ -401,7 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="fix or narrow settings: 'num_workers=0..8,prefetch_factor=2,batch_size=64|128', "
         "the same as JSON, or @file.json",
     )
-    p.add_argument("--trials", type=_positive_int, help="trials in the study (default 20)")
+    p.add_argument(
+        "--trials",
+        type=_positive_int,
+        help="most trials in the study (default 20; it usually converges sooner)",
+    )
+    p.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="stop after N trials in a row bring no more than --min-gain (3; 0: never)",
+    )
     p.add_argument("--time-budget", type=_positive_float, metavar="S", help="seconds in all")
     p.add_argument("--target-rate", type=_positive_float, metavar="R", help="samples/s wanted")
     p.add_argument("--memory-limit", metavar="BYTES", help="most memory a loader may add: 2GiB")
@@ -425,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-ms", type=_positive_float, help="simulated training step per batch")
     p.add_argument("--step", metavar="MODULE:FN", help="a function called on every batch")
     p.add_argument(
-        "--rounds", type=_positive_int, default=5, help="most A/B rounds per finalist (5)"
+        "--rounds", type=_positive_int, default=5, help="most interleaved A/B rounds (5)"
     )
     p.add_argument("--finalists", type=_positive_int, default=2, help="configs to A/B-test (2)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler")

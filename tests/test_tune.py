@@ -109,6 +109,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "tune.json").exists()
 
 
+def test_a_usage_error_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["autotune", "x.py:loader", "--patience", "-1"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "loadtune autotune: error: argument --patience: expected a number >= 0, got -1 "
+        "(see loadtune autotune --help)\n"
+    )
+
+
 def test_an_unreachable_server_is_one_line_without_the_password(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
