@@ -205,3 +205,51 @@ def apply(config: LoaderConfig | str | os.PathLike, loader: Any) -> Any:
         return clone(loader, config)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def python_snippet(config: LoaderConfig, backend: str, config_path: str | None = None) -> str:
+    """Python that builds a loader with ``config``'s settings (and the ``apply`` one-liner).
+
+    ``fetch_concurrency`` appears only when the config sets it (None keeps a loader's own).
+    The CLI prints this after autotune and the reports show it; this is its one source.
+
+    Args:
+        config: The settings.
+        backend: ``"loadtune"`` (``loadtune.DataLoader``) or ``"torch"``.
+        config_path: A config file for the ``loadtune.apply`` line; None leaves it out.
+
+    Returns:
+        The code, ending in a newline.
+
+    Example:
+        >>> print(python_snippet(LoaderConfig(num_workers=0, batch_size=8), "torch"), end="")
+        import torch
+        <BLANKLINE>
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=8,
+            num_workers=0,
+            pin_memory=False,
+        )
+    """
+    c = config
+    ours = backend == "loadtune"
+    cls = "DataLoader" if ours else "torch.utils.data.DataLoader"
+    head = "from loadtune import DataLoader\n\n" if ours else "import torch\n\n"
+    args = [f"    batch_size={c.batch_size},", f"    num_workers={c.num_workers},"]
+    if c.num_workers:
+        args.append(f"    prefetch_factor={c.prefetch_factor},")
+        args.append(f"    persistent_workers={c.persistent_workers},")
+    args.append(f"    pin_memory={c.pin_memory},")
+    if c.fetch_concurrency is not None:
+        args.append(f"    fetch_concurrency={c.fetch_concurrency},")
+    text = f"{head}loader = {cls}(\n    dataset,\n" + "\n".join(args) + "\n)\n"
+    return text + apply_snippet(config_path) if config_path else text
+
+
+def apply_snippet(config_path: str) -> str:
+    """The ``loadtune.apply`` lines that end :func:`python_snippet` given a config file."""
+    return (
+        "\n# or keep everything else your loader has:\nimport loadtune\n\n"
+        f"loader = loadtune.apply({config_path!r}, loader)\n"
+    )

@@ -196,9 +196,12 @@ class ProfileResult:
         artifacts: Files written beside the result (trace, speedscope, report), by kind.
         step: The simulated training step ("30 ms", "module:fn"), or None.
         created: When the profile was taken (ISO 8601, UTC).
-        overhead: What the measurement itself cost in the main process
-            (``sampler_cpu_s``: CPU seconds the probes' sampler thread used), so a reader can
-            tell the loader's own main-process work from the probes'.
+        overhead: What the probes cost, measured: ``sampler_cpu_s`` (CPU seconds of the
+            probes' sampler thread in the main process), ``sampler_window_cpu_s`` and
+            ``sample_cpu_s.<probe>`` (the same inside the window, per probe),
+            ``pyspy_cpu_s`` and ``pyspy_start_cpu_s`` (the py-spy recorders in and before
+            the window) and ``probes_window_s``; NOTE [ Probe overhead ] in
+            loadtune/profiling.py. So a reader can tell the loader's work from the probes'.
         schema: The file format version.
     """
 

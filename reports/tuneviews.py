@@ -8,9 +8,10 @@ what is said without parsing either. The numbers behind the tune page's figures 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from loadtune.config import apply_snippet, python_snippet
 from loadtune.results import TRIAL_STATES, ABResult, TuneResult
 
 from .views import Card, fmt_bytes, fmt_rate, fmt_ratio, fmt_s
@@ -364,8 +365,8 @@ def tune_run_rows(result: TuneResult) -> list[tuple[str, str]]:
 def snippet(result: TuneResult, config_path: str | None = None) -> str:
     """Python that builds a loader with the tuned settings (and the ``apply`` one-liner).
 
-    The same text as ``loadtune.tune.snippet``; the renderers read loadtune.results only,
-    so the text is made here too (a test keeps the two equal).
+    The same text as ``loadtune.tune.snippet`` (both use ``loadtune.config.python_snippet``;
+    a test keeps them equal).
 
     Args:
         result: The study.
@@ -379,28 +380,7 @@ def snippet(result: TuneResult, config_path: str | None = None) -> str:
         >>> from loadtune.results import load
         >>> print(snippet(load("tests/data/tune_v1.json")))  # doctest: +SKIP
     """
-    c = result.tuned
-    cls = "DataLoader" if result.backend == "loadtune" else "torch.utils.data.DataLoader"
-    head = (
-        "from loadtune import DataLoader\n\n"
-        if result.backend == "loadtune"
-        else "import torch\n\n"
-    )
-    args = [f"    batch_size={c.batch_size},", f"    num_workers={c.num_workers},"]
-    if c.num_workers:
-        args.append(f"    prefetch_factor={c.prefetch_factor},")
-        args.append(f"    persistent_workers={c.persistent_workers},")
-    args.append(f"    pin_memory={c.pin_memory},")
-    # fetch_concurrency only when the study tuned it: otherwise the loader's own is kept
-    if c.fetch_concurrency is not None and searched(result, "fetch_concurrency"):
-        args.append(f"    fetch_concurrency={c.fetch_concurrency},")
-    text = f"{head}loader = {cls}(\n    dataset,\n" + "\n".join(args) + "\n)\n"
-    return text + apply_snippet(config_path) if config_path else text
-
-
-def apply_snippet(config_path: str) -> str:
-    """The ``loadtune.apply`` lines that end :func:`snippet` when it has a config path."""
-    return (
-        "\n# or keep everything else your loader has:\nimport loadtune\n\n"
-        f"loader = loadtune.apply({config_path!r}, loader)\n"
-    )
+    tuned = result.tuned
+    if not searched(result, "fetch_concurrency"):  # otherwise the loader's own is kept
+        tuned = replace(tuned, fetch_concurrency=None)
+    return python_snippet(tuned, result.backend, config_path)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..config import LoaderConfig
+from ..config import LoaderConfig, python_snippet
 from ..config import write as write_config
 from ..results import TuneResult
 
@@ -99,24 +99,4 @@ def snippet(result: TuneResult, config_path: str | None = None) -> str:
     Example:
         >>> # print(snippet(result, "tuned.json"))
     """
-    c = _tuned(result)
-    cls = "DataLoader" if result.backend == "loadtune" else "torch.utils.data.DataLoader"
-    head = (
-        "from loadtune import DataLoader\n\n"
-        if result.backend == "loadtune"
-        else "import torch\n\n"
-    )
-    args = [f"    batch_size={c.batch_size},", f"    num_workers={c.num_workers},"]
-    if c.num_workers:
-        args.append(f"    prefetch_factor={c.prefetch_factor},")
-        args.append(f"    persistent_workers={c.persistent_workers},")
-    args.append(f"    pin_memory={c.pin_memory},")
-    if c.fetch_concurrency is not None:
-        args.append(f"    fetch_concurrency={c.fetch_concurrency},")
-    text = f"{head}loader = {cls}(\n    dataset,\n" + "\n".join(args) + "\n)\n"
-    if config_path:
-        text += (
-            "\n# or keep everything else your loader has:\nimport loadtune\n\n"
-            f"loader = loadtune.apply({config_path!r}, loader)\n"
-        )
-    return text
+    return python_snippet(_tuned(result), result.backend, config_path)
