@@ -44,7 +44,7 @@ survives the noise of a shared machine.
    the fastest), then the next fastest (at most two by default; cost: fewest workers, then
    least memory in 16 MiB steps, then fewest fetch threads, then the shallowest prefetch).
    They are A/B-tested against the incumbent all at once, in the same interleaved rounds
-   (``_ab.interleave_all``). The rounds stop as soon as every candidate has won (the 95%
+   (``ab.interleave_all``). The rounds stop as soon as every candidate has won (the 95%
    interval of its speedup above ``1 + min_gain``) or lost (its estimate not above it), and
    no costlier winner measures more than ``min_gain`` faster than a cheaper one without
    being sure of it yet. Only a winner can replace the incumbent. Of the winners, those no
