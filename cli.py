@@ -228,11 +228,11 @@ def _autotune(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from loadtune.config import apply_snippet
     from loadtune.config import read as read_config
     from loadtune.targets import load_object, resolve
     from loadtune.tune import autotune, parse_memory, parse_space
     from reports import terminal
-    from reports.tuneviews import apply_snippet
 
     out = Path(args.out)
     if out.suffix not in (".json", ".toml"):

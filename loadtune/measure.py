@@ -26,6 +26,7 @@ from .results import ABResult, Measurement
 
 __all__ = [
     "WindowRun",
+    "ab_result",
     "batch_samples",
     "interleave",
     "log_t_interval",
@@ -444,11 +445,61 @@ def interleave(
         judged = (low, high) if target_rate is None else (b_low, b_high)
         if judged[0] > goal or judged[1] < goal:
             break
+    return ab_result(
+        a_config,
+        b_config,
+        a_rates,
+        b_rates,
+        rounds=rounds,
+        looks=looks,
+        level=level,
+        min_gain=min_gain,
+        target_rate=target_rate,
+    )
+
+
+def ab_result(
+    incumbent: LoaderConfig,
+    candidate: LoaderConfig,
+    a_rates: list[float],
+    b_rates: list[float],
+    *,
+    rounds: int,
+    looks: int,
+    level: float,
+    min_gain: float,
+    target_rate: float | None,
+    others: int = 0,
+) -> ABResult:
+    """The ABResult of one candidate from its interleaved rounds: the speedup, its interval
+    and the verdict in words (see :func:`interleave`).
+
+    Args:
+        incumbent: A, the current settings.
+        candidate: B.
+        a_rates: A's samples/s, one per round.
+        b_rates: B's, the same rounds.
+        rounds: The most rounds the test could have run.
+        looks: How many times the test looked at the data (Bonferroni).
+        level: The confidence level of each look's interval.
+        min_gain: The least speedup worth a change.
+        target_rate: The samples/s wanted instead of a speedup, or None.
+        others: Other candidates measured in the same rounds (said in ``method``).
+
+    Returns:
+        The ABResult; intervals are (0, 0) with fewer than 2 rounds.
+    """
+    ratios = [b / a for a, b in zip(a_rates, b_rates, strict=True)]
     n = len(ratios)
+    low, high = log_t_interval(ratios, level) if n >= 2 else (0.0, 0.0)
+    b_low, b_high = log_t_interval(b_rates, level) if n >= 2 else (0.0, 0.0)
     speedup = statistics.median(ratios)
+    goal = 1.0 + min_gain
     method = "t-interval on log ratios" + (
         f"; {looks} looks at {level:.1%} each (Bonferroni: 95% overall)" if looks > 1 else ""
     )
+    if others:
+        method += f"; interleaved with {others} other candidate{'s' if others > 1 else ''}"
     span = f"{n} interleaved rounds" + (f", of at most {rounds}" if n < rounds else "")
     if target_rate is None:
         verdict = "apply" if low > goal else "keep"
@@ -478,8 +529,8 @@ def interleave(
             f"{b_low:,.0f} to {b_high:,.0f} over {span}"
         )
     return ABResult(
-        incumbent=a_config,
-        candidate=b_config,
+        incumbent=incumbent,
+        candidate=candidate,
         rounds=n,
         incumbent_samples_per_s=tuple(a_rates),
         candidate_samples_per_s=tuple(b_rates),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from loadtune.config import apply_snippet, python_snippet
+from loadtune.config import python_snippet
 from loadtune.results import TRIAL_STATES, ABResult, TuneResult
 
 from .views import Card, fmt_bytes, fmt_rate, fmt_ratio, fmt_s
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = [
     "SHORT_NAMES",
     "TrialRow",
-    "apply_snippet",
     "changed_text",
     "config_text",
     "finalist_rows",

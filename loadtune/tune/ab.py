@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import LoaderConfig
 from ..errors import UsageError
-from ..measure import Step, log_t_interval, steady_warmup, time_window
+from ..measure import Step, ab_result, log_t_interval, steady_warmup, time_window
 from ..results import ABResult
 from .trial import _reason
 
@@ -149,7 +149,7 @@ def interleave_all(
             continue
         n = settled.get(c, len(b_rates[c]))
         results.append(
-            _result(
+            ab_result(
                 incumbent,
                 c,
                 a_rates[:n],
@@ -219,77 +219,6 @@ def _changed(config: LoaderConfig, incumbent: LoaderConfig) -> str:
     values, base = config.to_dict(), incumbent.to_dict()
     return ", ".join(f"{k}={v}" for k, v in values.items() if base.get(k, object()) != v) or (
         "the same settings"
-    )
-
-
-def _result(
-    incumbent: LoaderConfig,
-    candidate: LoaderConfig,
-    a_rates: list[float],
-    b_rates: list[float],
-    *,
-    rounds: int,
-    looks: int,
-    level: float,
-    min_gain: float,
-    target_rate: float | None,
-    others: int,
-) -> ABResult:
-    """The ABResult of one candidate, worded as ``measure.interleave`` words it."""
-    ratios = [b / a for a, b in zip(a_rates, b_rates, strict=True)]
-    n = len(ratios)
-    low, high = log_t_interval(ratios, level) if n >= 2 else (0.0, 0.0)
-    b_low, b_high = log_t_interval(b_rates, level) if n >= 2 else (0.0, 0.0)
-    speedup = statistics.median(ratios)
-    goal = 1.0 + min_gain
-    method = "t-interval on log ratios" + (
-        f"; {looks} looks at {level:.1%} each (Bonferroni: 95% overall)" if looks > 1 else ""
-    )
-    if others:
-        method += f"; interleaved with {others} other candidate{'s' if others > 1 else ''}"
-    span = f"{n} interleaved rounds" + (f", of at most {rounds}" if n < rounds else "")
-    if target_rate is None:
-        verdict = "apply" if low > goal else "keep"
-        if verdict == "apply":
-            reason = (
-                f"faster by {speedup - 1:.0%} (95% interval {low:.2f}x to {high:.2f}x over "
-                f"{span}), more than the {min_gain:.0%} minimum gain"
-            )
-        elif low > 1.0:
-            reason = (
-                f"faster by {speedup - 1:.0%}, but the 95% interval ({low:.2f}x to "
-                f"{high:.2f}x over {span}) does not clear the {min_gain:.0%} minimum gain: "
-                "keep the current settings"
-            )
-        else:
-            reason = (
-                f"no gain beyond the noise: speedup {speedup:.2f}x, 95% interval {low:.2f}x "
-                f"to {high:.2f}x over {span}: keep the current settings"
-            )
-    else:
-        verdict = "apply" if b_low >= target_rate else "keep"
-        reason = (
-            f"reaches {target_rate:,.0f} samples/s: 95% interval {b_low:,.0f} to "
-            f"{b_high:,.0f} over {span}"
-            if verdict == "apply"
-            else f"does not surely reach {target_rate:,.0f} samples/s: 95% interval "
-            f"{b_low:,.0f} to {b_high:,.0f} over {span}"
-        )
-    return ABResult(
-        incumbent=incumbent,
-        candidate=candidate,
-        rounds=n,
-        incumbent_samples_per_s=tuple(a_rates),
-        candidate_samples_per_s=tuple(b_rates),
-        ratios=tuple(ratios),
-        speedup=speedup,
-        interval=(low, high),
-        min_gain=min_gain,
-        verdict=verdict,
-        reason=reason,
-        method=method,
-        target_rate=target_rate,
-        candidate_interval=(b_low, b_high),
     )
 
 
